@@ -1,0 +1,80 @@
+"""Process wiring of a consuming stage: faust worker, database, outbox, metrics.
+
+``services/router``, ``services/assign`` and ``services/outbound`` each call
+:func:`run_stage_service` from their ``main()`` with their stage object. It
+sets up logging and ``/metrics``, builds the faust app with one agent over
+the source topics, opens the database pool on the worker's event loop, and
+runs the outbox relay's sweep beside the agent. Faust handles SIGTERM: the
+agent finishes its batch, offsets are committed and the worker leaves the
+consumer group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import faust
+from psycopg_pool import AsyncConnectionPool
+
+from messagehub import db, logs, metrics, outbox
+from messagehub.settings import Settings
+from messagehub.worker import BatchProcessor, Stage, create_app, kafka_sender, raw_topic, run_agent
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SWEEP_SECONDS = 2.0
+
+
+class _StageRuntime:
+    """The database pool and the outbox relay, created once on the worker's loop."""
+
+    def __init__(self, app: faust.App, settings: Settings, stage: Stage,
+                 dead_letter_topic: str) -> None:
+        self._app = app
+        self._settings = settings
+        self._stage = stage
+        self._dead_letter_topic = dead_letter_topic
+        self._sensor = metrics.StageMetrics(stage.name)
+        self.pool: AsyncConnectionPool | None = None
+        self.relay: outbox.OutboxRelay | None = None
+        self.processor: BatchProcessor | None = None
+
+    async def start(self) -> BatchProcessor:
+        if self.processor is None:
+            self.pool = await db.open_pool(self._settings.database_url)
+            self.relay = outbox.OutboxRelay(self.pool, kafka_sender(self._app),
+                                            on_published=self._sensor.on_published)
+            self.processor = BatchProcessor(
+                stage=self._stage, pool=self.pool, relay=self.relay,
+                dead_letter_topic=self._dead_letter_topic, sensor=self._sensor)
+            log.info("%s: started, consuming with batches into the database", self._stage.name)
+        return self.processor
+
+    async def sweep(self) -> None:
+        if self.relay is not None:
+            await self.relay.publish_pending()
+
+
+def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,
+                      source_topics: Sequence[str], dead_letter_topic: str) -> None:
+    """Run ``stage`` as a faust worker until SIGTERM or SIGINT."""
+    logs.setup(settings.log_level)
+    metrics.serve(settings.metrics_host, settings.metrics_port)
+
+    app = create_app(app_id, settings)
+    runtime = _StageRuntime(app, settings, stage, dead_letter_topic)
+    source = raw_topic(app, source_topics[0]) if len(source_topics) == 1 else app.topic(
+        *source_topics, key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw")
+    run_agent(app, source, runtime.start)
+
+    @app.timer(interval=OUTBOX_SWEEP_SECONDS)
+    async def sweep_outbox() -> None:
+        await runtime.sweep()
+
+    log.info("%s: consuming %s, metrics on %s:%d", stage.name, ", ".join(source_topics),
+             settings.metrics_host, settings.metrics_port)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True,
+                          override_logging=False)
+    worker.execute_from_commandline()

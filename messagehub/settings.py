@@ -1,0 +1,118 @@
+"""Typed settings of every messagehub service, read once from the environment.
+
+Each service calls :func:`load` in its ``main()`` and passes the returned
+:class:`Settings` down; nothing reads the environment at import time. Every
+key is declared once below with its type, default and environment variable
+(``MESSAGEHUB_`` plus the field name in upper case), so the table here is the
+reference for operators and for ``deploy/k8s/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "MESSAGEHUB_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or its value cannot be used."""
+
+
+def _setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The configuration of one service process."""
+
+    kafka_bootstrap: str = _setting(
+        "127.0.0.1:9092", "Kafka bootstrap servers, comma separated host:port pairs.")
+    database_url: str = _setting(
+        "postgresql://messagehub@127.0.0.1:5432/messagehub", "PostgreSQL connection URL.")
+    topic_partitions: int = _setting(
+        4, "Partitions of each messagehub topic when `messagehub up` creates them.")
+
+    inbound_domain: str = _setting(
+        "inbound.messagehub.localhost",
+        "Domain of the generated forwarding addresses and of our reply addresses.")
+    message_id_domain: str = _setting(
+        "messagehub.localhost", "Domain part of the Message-IDs that messagehub generates.")
+
+    ingest_smtp_host: str = _setting("127.0.0.1", "Address the forwarding SMTP receiver binds.")
+    ingest_smtp_port: int = _setting(2525, "Port of the forwarding SMTP receiver.")
+    ingest_max_message_bytes: int = _setting(
+        50 * 1024 * 1024, "Largest mail the receiver accepts; advertised with SMTP SIZE.")
+
+    relay_smtp_host: str = _setting(
+        "127.0.0.1", "SMTP relay for inboxes without SMTP settings of their own.")
+    relay_smtp_port: int = _setting(25, "Port of the SMTP relay.")
+    smtp_timeout_seconds: float = _setting(30.0, "Timeout of each SMTP connection and command.")
+
+    metrics_host: str = _setting("127.0.0.1", "Address the /metrics endpoint binds.")
+    metrics_port: int = _setting(9100, "Port of this service's /metrics endpoint.")
+    api_host: str = _setting("127.0.0.1", "Address the HTTP API binds.")
+    api_port: int = _setting(8080, "Port of the HTTP API.")
+
+    secret_key: str = _setting(
+        "", "Server secret (at least 32 characters) for reply tokens; keep it in a Secret.")
+
+    log_level: str = _setting("INFO", "Level of the root logger: DEBUG, INFO, WARNING or ERROR.")
+    faust_data_dir: str = _setting(
+        "/var/tmp/messagehub/faust", "Folder where the faust workers keep their local state.")
+
+    def __post_init__(self) -> None:
+        for name in ("topic_partitions", "ingest_smtp_port", "relay_smtp_port",
+                     "metrics_port", "api_port", "ingest_max_message_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be > 0")
+        if self.secret_key and len(self.secret_key) < 32:
+            raise SettingsError(f"{ENV_PREFIX}SECRET_KEY must be at least 32 characters")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL is invalid: {self.log_level!r}")
+
+
+def require_secret_key(settings: Settings) -> str:
+    """Return the secret key, or raise when the deployment did not set one."""
+    if not settings.secret_key:
+        raise SettingsError(f"{ENV_PREFIX}SECRET_KEY is not set: generate one with "
+                            "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
+    return settings.secret_key
+
+
+def env_name(field_name: str) -> str:
+    """Return the environment variable that sets ``field_name``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the environment, then from ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    for settings_field in dataclasses.fields(Settings):
+        raw = environ.get(env_name(settings_field.name))
+        if raw is None:
+            continue
+        values[settings_field.name] = _convert(settings_field, raw)
+
+    values.update(overrides)
+    return Settings(**values)
+
+
+def _convert(settings_field: dataclasses.Field[Any], raw: str) -> Any:
+    target = type(settings_field.default)
+    try:
+        return target(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{env_name(settings_field.name)} must be {target.__name__}: {raw!r}") from None
+
+
+def as_environment(settings: Settings) -> dict[str, str]:
+    """Return the variables that reproduce ``settings`` in a child process."""
+    return {env_name(f.name): str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}

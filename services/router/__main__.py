@@ -1,0 +1,26 @@
+"""Entry point of the router service: ``python -m services.router``.
+
+Consumes ``mail.received`` and ``mail.sent`` and produces
+``conversation.events``; records it cannot handle go to
+``router.dead-letter``.
+"""
+
+from __future__ import annotations
+
+from messagehub import settings as settings_module
+from messagehub import topics
+from messagehub.service import run_stage_service
+from services.router.stage import RouterStage
+
+
+def main() -> None:
+    settings = settings_module.load()
+    stage = RouterStage(secret_key=settings_module.require_secret_key(settings),
+                        inbound_domain=settings.inbound_domain)
+    run_stage_service("messagehub-router", settings, stage,
+                      source_topics=[topics.MAIL_RECEIVED, topics.MAIL_SENT],
+                      dead_letter_topic=topics.ROUTER_DEAD_LETTER)
+
+
+if __name__ == "__main__":
+    main()
