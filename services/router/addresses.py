@@ -1,0 +1,274 @@
+"""Tolerant parsers for address headers and message ids.
+
+The stdlib's structured header parser raises on ids it does not expect (an
+Exchange id with square brackets makes ``msg['Message-ID']`` raise) and keeps
+raw 8-bit display names as surrogate escapes. These parsers work on header
+text that ``headers.decode_raw`` has already decoded, accept what real
+mailers write, and decode RFC 2047 only inside display names, after the
+address structure is known. Called by ``mime.parse_mail`` and the bounce
+parser.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from services.router.headers import decode_words, unfold
+
+
+@dataclass(frozen=True)
+class Address:
+    """One mailbox from an address header."""
+
+    name: str  # decoded display name, "" when absent
+    email: str  # addr-spec as written, with the domain lowercased; "" for the null sender
+
+
+_MAX_ID_LENGTH = 998
+_BRACKETED_ID = re.compile(r"<([^<>]*)>")
+_DISALLOWED_IN_ID = re.compile(r"[\s<>\"\\(),;\x00-\x1f\x7f]")
+
+
+def normalize_email(addr_spec: str) -> str:
+    """Strip an addr-spec and lowercase its domain; the local part is kept."""
+    text = re.sub(r"\s+", "", addr_spec)
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return text
+    return f"{local}@{domain.lower()}"
+
+
+# ---------------------------------------------------------------------------
+# Message ids
+# ---------------------------------------------------------------------------
+
+
+def is_sane_id(candidate: str) -> bool:
+    """Tell whether text can serve as a message id for threading.
+
+    It needs an "@" with text on both sides and no whitespace, brackets,
+    quotes or controls. Square brackets and dots are allowed because
+    Exchange writes ids such as ``[hex-base64]@host``.
+    """
+    if not candidate or len(candidate) > _MAX_ID_LENGTH:
+        return False
+    if _DISALLOWED_IN_ID.search(candidate):
+        return False
+    local, at, domain = candidate.rpartition("@")
+    return bool(at and local and domain)
+
+
+def extract_ids(value: str) -> list[str]:
+    """Extract the message ids from a Message-ID, In-Reply-To or References value.
+
+    Ids are returned without angle brackets, in header order, without
+    duplicates. Free text around bracketed ids ("Your message of ...") is
+    ignored. A value with no brackets at all is accepted only when it is a
+    single id-like token, so an e-mail address in free text is not taken
+    for an id.
+    """
+    text = _strip_comments(unfold(value))
+    ids: list[str] = []
+
+    for match in _BRACKETED_ID.finditer(text):
+        candidate = match.group(1).strip()
+        if is_sane_id(candidate) and candidate not in ids:
+            ids.append(candidate)
+
+    if ids or "<" in text:
+        return ids
+
+    bare = text.strip()
+    if is_sane_id(bare):
+        return [bare]
+    return []
+
+
+def _strip_comments(text: str) -> str:
+    """Remove RFC 5322 (comments), which may nest, outside of brackets and quotes."""
+    out: list[str] = []
+    depth = 0
+    in_brackets = False
+    for char in text:
+        if depth == 0 and char == "<":
+            in_brackets = True
+        elif depth == 0 and char == ">":
+            in_brackets = False
+
+        if not in_brackets and char == "(":
+            depth += 1
+        elif depth and char == ")":
+            depth -= 1
+        elif depth == 0:
+            out.append(char)
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------
+# Address lists
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    """One comma-separated element of an address list, split into its parts."""
+
+    phrase: str = ""
+    comments: str = ""
+    angle: str | None = None
+    has_at: bool = False
+
+
+def parse_addresses(value: str, defects: list[str], what: str) -> list[Address]:
+    """Parse an address-list header value that was decoded with ``decode_raw``.
+
+    Accepts "Name <addr>", quoted names, "addr (Name)", bare addresses,
+    groups ("team: a@x, b@y;"), Outlook's ";" separators and the null
+    address "<>". Elements that hold no address are dropped.
+    """
+    chunks = _merge_split_names(_split_chunks(unfold(value)))
+    addresses: list[Address] = []
+
+    for chunk in chunks:
+        address = _chunk_to_address(chunk, defects, what)
+        if address is not None:
+            addresses.append(address)
+    return addresses
+
+
+def parse_address(value: str, defects: list[str], what: str) -> Address | None:
+    """Parse a single-address header such as From or Sender; None when empty."""
+    addresses = parse_addresses(value, defects, what)
+    if len(addresses) > 1:
+        defects.append(f"{what}: {len(addresses)} addresses where one was expected, the first is used")
+    return addresses[0] if addresses else None
+
+
+def _split_chunks(text: str) -> list[_Chunk]:
+    chunks: list[_Chunk] = []
+    current = _Chunk()
+    i = 0
+
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            quoted, i = _read_until_quote(text, i + 1)
+            current.phrase += quoted
+            continue
+        if char == "(":
+            comment, i = _read_comment(text, i + 1)
+            current.comments = f"{current.comments} {comment}".strip()
+            continue
+        if char == "<":
+            end = text.find(">", i + 1)
+            end = len(text) if end < 0 else end
+            current.angle = text[i + 1 : end]
+            i = end + 1
+            continue
+        if char in ",;":
+            chunks.append(current)
+            current = _Chunk()
+        elif char == ":" and current.angle is None and "@" not in current.phrase:
+            # A group name ("undisclosed-recipients:") is not a mailbox.
+            current = _Chunk()
+        else:
+            current.phrase += char
+            current.has_at = current.has_at or char == "@"
+        i += 1
+
+    chunks.append(current)
+    return chunks
+
+
+def _merge_split_names(chunks: list[_Chunk]) -> list[_Chunk]:
+    """Rejoin display names that contain an unquoted comma: Doe, Jane <jane@x>."""
+    merged: list[_Chunk] = []
+    for chunk in chunks:
+        previous = merged[-1] if merged else None
+        if (
+            previous is not None
+            and previous.angle is None
+            and not previous.has_at
+            and previous.phrase.strip()
+            and chunk.angle is not None
+        ):
+            chunk.phrase = f"{previous.phrase.strip()}, {chunk.phrase.strip()}"
+            merged[-1] = chunk
+        else:
+            merged.append(chunk)
+    return merged
+
+
+def _read_until_quote(text: str, start: int) -> tuple[str, int]:
+    out: list[str] = []
+    i = start
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+        elif text[i] == '"':
+            return "".join(out), i + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out), i
+
+
+def _read_comment(text: str, start: int) -> tuple[str, int]:
+    depth = 1
+    out: list[str] = []
+    i = start
+    while i < len(text) and depth:
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return "".join(out), i + 1
+        out.append(char)
+        i += 1
+    return "".join(out), i
+
+
+def _chunk_to_address(chunk: _Chunk, defects: list[str], what: str) -> Address | None:
+    if chunk.angle is not None:
+        email = normalize_email(_strip_route(chunk.angle))
+        name = _clean_name(chunk.phrase, defects, what) or _clean_name(chunk.comments, defects, what)
+        return Address(name=name, email=email)
+
+    phrase = chunk.phrase.strip()
+    if not phrase:
+        return None
+    if not chunk.has_at:
+        defects.append(f"{what}: no address in {phrase[:60]!r}")
+        return None
+
+    email = normalize_email(phrase)
+    return Address(name=_clean_name(chunk.comments, defects, what), email=email)
+
+
+def _strip_route(angle: str) -> str:
+    """Drop an obsolete source route: <@relay.example:user@example.org>."""
+    text = angle.strip()
+    if text.startswith("@") and ":" in text:
+        return text.split(":", 1)[1]
+    return text
+
+
+def _clean_name(phrase: str, defects: list[str], what: str) -> str:
+    # The splitter has already removed the quotes, so encoded-words inside
+    # quoted names get decoded too: RFC 2047 forbids them there, but
+    # mailers write them.
+    text = re.sub(r"\s+", " ", phrase).strip()
+    text = decode_words(text, defects, what).strip()
+
+    # Outlook wraps names in single quotes: 'Jane Doe' <jane@example.org>.
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        text = text[1:-1].strip()
+    return text
