@@ -43,6 +43,11 @@ class _StageRuntime:
     async def start(self) -> BatchProcessor:
         if self.processor is None:
             self.pool = await db.open_pool(self._settings.database_url)
+            bind = getattr(self._stage, "bind", None)
+            if bind is not None:
+                # Stages with side effects outside the batch transaction keep
+                # their own bookkeeping (the outbound send ledger) on the pool.
+                bind(self.pool)
             self.relay = outbox.OutboxRelay(self.pool, kafka_sender(self._app),
                                             on_published=self._sensor.on_published)
             self.processor = BatchProcessor(

@@ -57,6 +57,8 @@ class Settings:
     metrics_port: int = _setting(9100, "Port of this service's /metrics endpoint.")
     api_host: str = _setting("127.0.0.1", "Address the HTTP API binds.")
     api_port: int = _setting(8080, "Port of the HTTP API.")
+    api_token: str = _setting(
+        "", "Bearer token the HTTP API requires; when empty, only /healthz answers.")
 
     secret_key: str = _setting(
         "", "Server secret (at least 32 characters) for reply tokens; keep it in a Secret.")

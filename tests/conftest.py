@@ -8,7 +8,9 @@ that need them skip with the reason when that folder is absent.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +41,27 @@ def cases_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def corpus_dir(shared_dir: Path) -> Path:
     return shared_dir / "corpus"
+
+
+TEST_STATE_DIR = Path(os.environ.get("MESSAGEHUB_TEST_STATE_DIR", "/var/tmp/messagehub/test"))
+TEST_PORT_BASE = int(os.environ.get("MESSAGEHUB_TEST_PORT_BASE", "27000"))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, Any]]:
+    """Start a fresh local stack and the services for the test session.
+
+    It has its own state dir and ports, so it runs beside a demo stack. The
+    state of an earlier test session is wiped first.
+    """
+    from messagehub import stackctl
+
+    local = stackctl.local_stack(TEST_STATE_DIR, TEST_PORT_BASE)
+    stackctl.down(TEST_STATE_DIR, TEST_PORT_BASE)
+    local.wipe()
+
+    stackctl.up(TEST_STATE_DIR, TEST_PORT_BASE)
+    try:
+        yield stackctl.stack_info(TEST_STATE_DIR)
+    finally:
+        stackctl.down(TEST_STATE_DIR, TEST_PORT_BASE)

@@ -99,7 +99,11 @@ class RouterStage:
                 return conversation
 
         in_reply_to, references = mail.in_reply_to, _thread_references(mail)
-        for message_id in threader.lookup_ids(in_reply_to, references):
+        candidates = threader.lookup_ids(in_reply_to, references)
+        # A reply that arrived before this mail already named it as a thread key.
+        if mail.message_id and mail.message_id not in candidates:
+            candidates.append(mail.message_id)
+        for message_id in candidates:
             conversation = await _fetch_one(
                 conn, "SELECT c.* FROM thread_keys k JOIN conversations c "
                       "ON c.id = k.conversation_id WHERE k.inbox_id = %s AND k.message_id = %s",

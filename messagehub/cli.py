@@ -1,0 +1,219 @@
+"""The ``messagehub`` command: the operator's interface to a running messagehub.
+
+``up``/``down``/``status`` start, stop and show the local stack and the
+services; ``inbox``, ``agent``, ``import`` and ``conversations`` act on the
+stack that ``up`` started, found through its state dir without flags; and
+``demo`` runs the whole product on sample mail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from messagehub import db, inboxes, logs, stackctl
+from messagehub.importer import ForwardingClient, MailSourceError, import_paths
+
+log = logging.getLogger("messagehub.cli")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def _connect() -> Any:
+    return db.connect(stackctl.stack_info()["database_url"])
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    components = stackctl.up(partitions=args.partitions)
+    if args.json:
+        _print_json(components)
+    else:
+        _print_components(components)
+    return 0
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    stackctl.down()
+    sys.stdout.write("messagehub stopped; data kept in %s\n" % stackctl.state_dir_from_env())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    components = stackctl.status()
+    if args.json:
+        _print_json(components)
+    else:
+        _print_components(components)
+    return 0 if all(c["running"] for c in components.values()) else 3
+
+
+def _print_components(components: dict[str, Any]) -> None:
+    for name, component in components.items():
+        state = "running" if component["running"] else "stopped"
+        extra = f"  metrics {component['metrics']}" if component.get("metrics") else ""
+        sys.stdout.write(f"{name:<12} {state:<8} {component['address']}{extra}\n")
+
+
+def cmd_inbox_create(args: argparse.Namespace) -> int:
+    info = stackctl.stack_info()
+    with _connect() as conn:
+        inbox = inboxes.create_inbox(
+            conn, name=args.name, email=args.email, inbound_domain=info["inbound_domain"],
+            greeting_text=args.greeting, greeting_enabled=args.greeting is not None,
+            auto_assign_limit=args.auto_assign_limit, locale=args.locale)
+    if args.json:
+        _print_json(inbox)
+    else:
+        sys.stdout.write(inbox["forwarding_address"] + "\n")
+    return 0
+
+
+def cmd_agent_add(args: argparse.Namespace) -> int:
+    with _connect() as conn:
+        agent = inboxes.add_agent(conn, inbox=args.inbox, name=args.name, email=args.email)
+    _print_json(agent) if args.json else sys.stdout.write(agent["id"] + "\n")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    info = stackctl.stack_info()
+    with _connect() as conn:
+        inbox = inboxes.find_inbox(conn, args.inbox)
+    host, port = info["ingest_smtp"].rsplit(":", 1)
+    client = ForwardingClient(host, int(port), inbox["forwarding_address"])
+    result = import_paths([Path(p) for p in args.paths], client, concurrency=args.concurrency)
+
+    summary = {"inbox": inbox["name"], "accepted": result.accepted,
+               "rejected": len(result.rejected), "distinct": len(result.distinct_keys)}
+    if args.json:
+        _print_json(summary)
+    else:
+        sys.stdout.write(f"imported {result.accepted} mails into {inbox['name']} "
+                         f"({len(result.rejected)} rejected)\n")
+    return 0 if not result.rejected else 1
+
+
+def cmd_conversations(args: argparse.Namespace) -> int:
+    with _connect() as conn:
+        conversations = inboxes.list_conversations(conn, args.inbox)
+    if args.json:
+        for conversation in conversations:
+            sys.stdout.write(json.dumps(conversation, ensure_ascii=False, default=str) + "\n")
+    else:
+        _print_conversation_table(conversations)
+    return 0
+
+
+def _print_conversation_table(conversations: list[dict[str, Any]]) -> None:
+    sys.stdout.write(f"{'subject':<48} {'msgs':>4}  {'assignee':<14} {'greeting':<8} status\n")
+    for conversation in conversations:
+        subject = conversation["subject"] or "(no subject)"
+        subject = subject if len(subject) <= 46 else subject[:45] + "…"
+        greeting = "sent" if conversation["greetings_sent"] else "-"
+        sys.stdout.write(f"{subject:<48} {conversation['messages']:>4}  "
+                         f"{conversation['assignee'] or '(queued)':<14} {greeting:<8} "
+                         f"{conversation['status']}\n")
+
+
+def cmd_conversation_show(args: argparse.Namespace) -> int:
+    with _connect() as conn:
+        conversation = inboxes.show_conversation(conn, args.id)
+    if args.json:
+        _print_json(conversation)
+        return 0
+    sys.stdout.write(f"{conversation['subject']}  [{conversation['status']}, "
+                     f"{conversation['assignee'] or 'unassigned'}]\n")
+    for message in conversation["messages"]:
+        sys.stdout.write(f"\n--- {message['direction']} {message['kind']} from {message['from']}"
+                         f" <{message['message_id']}>\n{message['text'].strip()}\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from messagehub import demo
+
+    return demo.run(mail_path=Path(args.mail) if args.mail else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="messagehub", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the local stack and the services")
+    up.add_argument("--json", action="store_true", help="print the components as JSON")
+    up.add_argument("--partitions", type=int, default=4,
+                    help="partitions of each topic created (default 4)")
+    up.set_defaults(func=cmd_up)
+
+    commands.add_parser("down", help="stop the services and the local stack").set_defaults(
+        func=cmd_down)
+
+    status = commands.add_parser("status", help="show each component: running or not, address")
+    status.add_argument("--json", action="store_true", help="print the components as JSON")
+    status.set_defaults(func=cmd_status)
+
+    inbox = commands.add_parser("inbox", help="manage inboxes").add_subparsers(
+        dest="inbox_command", required=True)
+    create = inbox.add_parser("create", help="create an inbox; prints its forwarding address")
+    create.add_argument("--name", required=True, help="inbox name, unique")
+    create.add_argument("--email", required=True, help="the business address, e.g. support@…")
+    create.add_argument("--greeting", help="turn greetings on, with this text ({customer_name} "
+                                           "and {inbox_name} are filled in); '' for the default")
+    create.add_argument("--auto-assign-limit", type=int,
+                        help="most open conversations per agent (default: no limit)")
+    create.add_argument("--locale", default="en", choices=("en", "ja"),
+                        help="language of the default automatic texts")
+    create.add_argument("--json", action="store_true", help="print the inbox as JSON")
+    create.set_defaults(func=cmd_inbox_create)
+
+    agent = commands.add_parser("agent", help="manage agents").add_subparsers(
+        dest="agent_command", required=True)
+    add = agent.add_parser("add", help="add an agent to an inbox")
+    add.add_argument("--inbox", required=True, help="inbox name")
+    add.add_argument("--name", required=True, help="agent's name as customers see it")
+    add.add_argument("--email", required=True, help="agent's email address")
+    add.add_argument("--json", action="store_true", help="print the agent as JSON")
+    add.set_defaults(func=cmd_agent_add)
+
+    imp = commands.add_parser("import", help="import a Maildir, an mbox file or .eml files")
+    imp.add_argument("--inbox", required=True, help="inbox name")
+    imp.add_argument("--concurrency", type=int, default=4, help="parallel SMTP connections")
+    imp.add_argument("--json", action="store_true", help="print the counts as JSON")
+    imp.add_argument("paths", nargs="+", help="Maildir, mbox file, .eml file or folder of .eml")
+    imp.set_defaults(func=cmd_import)
+
+    conversations = commands.add_parser("conversations", help="list an inbox's conversations")
+    conversations.add_argument("--inbox", required=True, help="inbox name")
+    conversations.add_argument("--json", action="store_true",
+                               help="print one JSON object per conversation")
+    conversations.set_defaults(func=cmd_conversations)
+
+    conversation = commands.add_parser("conversation", help="act on one conversation")
+    conversation_commands = conversation.add_subparsers(dest="conversation_command",
+                                                        required=True)
+    show = conversation_commands.add_parser("show", help="show a conversation and its messages")
+    show.add_argument("id", help="conversation id")
+    show.add_argument("--json", action="store_true", help="print as JSON")
+    show.set_defaults(func=cmd_conversation_show)
+
+    demo = commands.add_parser("demo", help="run messagehub end to end on sample mail")
+    demo.add_argument("--mail", help="your own Maildir, mbox file or folder of .eml instead")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logs.setup("WARNING")
+    try:
+        code = args.func(args)
+    except (inboxes.InboxError, stackctl.StackNotRunning, MailSourceError) as exc:
+        sys.stderr.write(f"messagehub: {exc}\n")
+        code = 2
+    raise SystemExit(code)

@@ -1,0 +1,222 @@
+"""The consuming loop shared by router, assign and outbound.
+
+Each of those services is a faust worker with one agent. The agent takes
+events from its topic in small batches and hands each record to the stage's
+``apply`` inside one PostgreSQL transaction, so a batch's rows and the events
+they imply (through the outbox) commit together, and only then are the
+offsets acknowledged. Around that:
+
+- a record already applied (its event id is in ``processed_events``) is
+  skipped, so redelivery after a rebalance or a crash changes nothing;
+- a record that cannot be decoded or that the stage rejects goes to the
+  stage's dead-letter topic with the reason and its coordinates, through the
+  same transaction, and the partition moves on;
+- a database outage is retried with backoff and nothing is acknowledged
+  until the batch commits, so no record is lost while PostgreSQL is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import faust
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from messagehub import codec, ids, outbox
+from messagehub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 200
+BATCH_WITHIN_SECONDS = 0.02
+RETRY_MAX_SECONDS = 30.0
+
+
+class StageError(Exception):
+    """A record the stage cannot apply; it goes to the dead-letter topic.
+
+    ``retriable`` is False: applying the same record again fails the same way.
+    """
+
+    retriable = False
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class Stage(Protocol):
+    """One step of the pipeline, applied to one decoded record."""
+
+    name: str
+
+    async def apply(self, conn: AsyncConnection[Any], record_name: str,
+                    record: dict[str, Any]) -> None: ...
+
+
+class StageSensor(Protocol):
+    def on_record(self, result: str, seconds: float) -> None: ...
+
+    def on_dead_letter(self, error_class: str) -> None: ...
+
+
+def create_app(app_id: str, settings: Settings) -> faust.App:
+    """Return a faust app for one service, with no web server and no tables."""
+    return faust.App(
+        app_id,
+        broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        datadir=f"{settings.faust_data_dir}/{app_id}",
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=100,
+        broker_commit_interval=0.5,
+    )
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """Return a faust topic whose keys and values stay as bytes."""
+    return app.topic(name, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw")
+
+
+def kafka_sender(app: faust.App) -> outbox.SendFunction:
+    """Return an outbox send function that uses the app's producer."""
+    async def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        return await app.producer.send(topic, key, value, partition=None,
+                                       timestamp=None, headers=None)
+    return send
+
+
+class BatchProcessor:
+    """Applies batches of events to a stage, transactionally and idempotently."""
+
+    def __init__(self, *, stage: Stage, pool: AsyncConnectionPool, relay: outbox.OutboxRelay,
+                 dead_letter_topic: str, sensor: StageSensor) -> None:
+        self._stage = stage
+        self._pool = pool
+        self._relay = relay
+        self._dead_letter_topic = dead_letter_topic
+        self._sensor = sensor
+
+    async def process(self, batch: Sequence[Coordinates]) -> None:
+        """Apply ``batch`` until it commits, then publish what it implied."""
+        delay = 0.5
+        while True:
+            try:
+                await self._apply_batch(batch)
+                break
+            except psycopg.OperationalError as exc:
+                log.warning("%s: database unavailable, batch of %d retried in %.1fs: %s",
+                            self._stage.name, len(batch), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        await self._publish_with_retry()
+
+    async def _publish_with_retry(self) -> None:
+        # The rows are committed: a failure here only delays them, and the
+        # relay's periodic sweep would send them too.
+        try:
+            await self._relay.publish_pending()
+        except Exception as exc:  # noqa: BLE001 - retried by the sweep
+            log.warning("%s: outbox publish failed, left for the sweep: %r", self._stage.name, exc)
+
+    async def _apply_batch(self, batch: Sequence[Coordinates]) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            for coordinates in batch:
+                await self._apply_one(conn, coordinates)
+
+    async def _apply_one(self, conn: AsyncConnection[Any], coordinates: Coordinates) -> None:
+        started = time.perf_counter()
+        try:
+            record_name, record = codec.decode(coordinates.value)
+        except codec.CodecError as exc:
+            await self._dead_letter(conn, coordinates, None, "UndecodableRecord", str(exc))
+            return
+
+        try:
+            async with conn.transaction():
+                applied = await self._apply_once(conn, record_name, record)
+        except psycopg.OperationalError:
+            raise
+        except StageError as exc:
+            await self._dead_letter(conn, coordinates, record, type(exc).__name__, str(exc))
+            return
+        except Exception as exc:
+            # The loop boundary: a bug in a stage must not block the partition.
+            log.exception("%s: %s offset %d: unexpected error, sent to %s",
+                          self._stage.name, coordinates.topic, coordinates.offset,
+                          self._dead_letter_topic)
+            await self._dead_letter(conn, coordinates, record, type(exc).__name__, repr(exc))
+            return
+
+        self._sensor.on_record("applied" if applied else "duplicate", time.perf_counter() - started)
+
+    async def _apply_once(self, conn: AsyncConnection[Any], record_name: str,
+                          record: dict[str, Any]) -> bool:
+        cursor = await conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
+            "ON CONFLICT DO NOTHING", (self._stage.name, record["event_id"]))
+        if cursor.rowcount == 0:
+            return False
+        await self._stage.apply(conn, record_name, record)
+        return True
+
+    async def _dead_letter(self, conn: AsyncConnection[Any], coordinates: Coordinates,
+                           record: dict[str, Any] | None, error_class: str, reason: str) -> None:
+        inbox_id = record.get("inbox_id") if record else None
+        log.error("%s: %s partition %d offset %d inbox %s: dead-lettered, %s: %s",
+                  self._stage.name, coordinates.topic, coordinates.partition,
+                  coordinates.offset, inbox_id, error_class, reason)
+        await outbox.add(conn, self._dead_letter_topic, inbox_id, "DeadLetter", {
+            "event_id": ids.derive_id("dead-letter", self._stage.name, coordinates.topic,
+                                      str(coordinates.partition), str(coordinates.offset)),
+            "occurred_at": datetime.now(timezone.utc),
+            "inbox_id": inbox_id,
+            "stage": self._stage.name,
+            "source_topic": coordinates.topic,
+            "source_partition": coordinates.partition,
+            "source_offset": coordinates.offset,
+            "error_class": error_class,
+            "reason": reason[:2000],
+            "original_key": coordinates.key,
+            "original_value": coordinates.value,
+        })
+        self._sensor.on_dead_letter(error_class)
+
+
+def coordinates_of(event: faust.EventT) -> Coordinates:
+    """Return where a faust event came from, with its raw key and value."""
+    message = event.message
+    return Coordinates(topic=message.topic, partition=message.partition, offset=message.offset,
+                       key=message.key, value=message.value)
+
+
+def run_agent(app: faust.App, topic: faust.TopicT,
+              processor_factory: Callable[[], Awaitable[BatchProcessor]]) -> None:
+    """Register the agent that feeds ``topic`` to the processor in batches."""
+    processor: BatchProcessor | None = None
+
+    @app.agent(topic, name="process")
+    async def process(stream: faust.StreamT) -> None:
+        nonlocal processor
+        if processor is None:
+            processor = await processor_factory()
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_SECONDS):
+            await processor.process([coordinates_of(event) for event in events])

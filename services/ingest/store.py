@@ -1,0 +1,38 @@
+"""The raw mail store: MIME bytes kept by their SHA-256.
+
+Events carry the digest, never the bytes (mails can be tens of megabytes).
+:class:`RawMailStore` is the small interface the receiver needs, so an
+object store can replace PostgreSQL; :class:`PostgresRawMailStore` is the
+default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+from psycopg_pool import AsyncConnectionPool
+
+
+def digest(raw: bytes) -> str:
+    """Return the store key of ``raw``: its lowercase hex SHA-256."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+class RawMailStore(Protocol):
+    async def put(self, raw: bytes) -> str:
+        """Store ``raw`` durably (idempotent); return its digest."""
+        ...
+
+
+class PostgresRawMailStore:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def put(self, raw: bytes) -> str:
+        sha256 = digest(raw)
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO raw_mails (sha256, size, content) VALUES (%s, %s, %s) "
+                "ON CONFLICT (sha256) DO NOTHING", (sha256, len(raw), raw))
+        return sha256

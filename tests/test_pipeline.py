@@ -1,0 +1,84 @@
+"""End to end through the real stack: SMTP in, Kafka, PostgreSQL, SMTP out."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.pipeline_helpers import (conversation_detail, conversations, create_inbox,
+                                    import_and_wait, load_threads, message_id_of,
+                                    sink_mails_referencing)
+
+pytestmark = pytest.mark.stack
+
+
+def test_corpus_import__conversations_equal_thread_ground_truth(
+        stack: dict[str, Any], corpus_dir: Path) -> None:
+    corpus = corpus_dir / "notmuch-default"
+    threads = load_threads(corpus)
+    inbox = create_inbox(stack, email_address="notmuch@example.com", agents=["Kim", "Lee"])
+
+    import_and_wait(stack, inbox, [corpus])
+
+    file_of_id = {message_id_of(corpus / name): name for name in threads}
+    actual = {frozenset(file_of_id[mid] for mid in conversation["message_ids"] if mid in file_of_id)
+              for conversation in conversations(stack, inbox)}
+    expected_by_label: dict[str, set[str]] = {}
+    for name, label in threads.items():
+        expected_by_label.setdefault(label, set()).add(name)
+    expected = {frozenset(names) for names in expected_by_label.values()}
+
+    assert len(expected) == 24
+    assert actual - {frozenset()} == expected
+
+
+def test_corpus_import__reimport_changes_nothing(stack: dict[str, Any], corpus_dir: Path) -> None:
+    corpus = corpus_dir / "notmuch-default"
+    inbox = create_inbox(stack, email_address="again@example.com", agents=["Kim"])
+    first = import_and_wait(stack, inbox, [corpus])
+    before = conversations(stack, inbox)
+
+    second = import_and_wait(stack, inbox, [corpus], already_handled=first["incoming"])
+
+    assert second["incoming"] == first["incoming"]
+    assert conversations(stack, inbox) == before
+
+
+def test_cc_and_outlook_replies__one_conversation_one_greeting(
+        stack: dict[str, Any], cases_dir: Path, tmp_path: Path) -> None:
+    inbox = create_inbox(stack, email_address="support@example.com",
+                         agents=["Kim", "Lee", "Sato"])
+
+    # The first mail alone, then both replies: the order customers produce them in.
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.copy(cases_dir / "01-new-inquiry-with-cc.eml", first)
+    handled = import_and_wait(stack, inbox, [first])
+    replies = tmp_path / "replies"
+    replies.mkdir()
+    shutil.copy(cases_dir / "02-cc-reply-all-before-agent.eml", replies)
+    shutil.copy(cases_dir / "03-reply-to-outlook-sent-reply.eml", replies)
+    import_and_wait(stack, inbox, [replies], already_handled=handled["incoming"], concurrency=1)
+
+    [conversation] = conversations(stack, inbox)
+    assert conversation["subject"] == "Parcel 4471 arrived damaged"
+    assert conversation["contact"] == "alice@example.org"
+    assert conversation["assignee"] in ("Kim", "Lee", "Sato")
+    assert conversation["greetings_sent"] == 1
+
+    detail = conversation_detail(stack, conversation["id"])
+    incoming = [m for m in detail["messages"] if m["direction"] == "incoming"]
+    assert [m["message_id"] for m in incoming] == [
+        "c01.parcel4471@mail.example.org", "c02.bob.reply@mail.example.org",
+        "c03.alice.second@mail.example.org"]
+    assert incoming[0]["cc"] == ["Bob Example <bob@example.org>"]
+
+    [greeting] = sink_mails_referencing(stack, "c01.parcel4471@mail.example.org")
+    assert greeting.rcpt_tos == ["alice@example.org"]
+    assert str(greeting.message["To"]) .endswith("<alice@example.org>")
+    assert str(greeting.message["In-Reply-To"]) == "<c01.parcel4471@mail.example.org>"
+    assert greeting.message["Auto-Submitted"] == "auto-replied"
+    assert str(greeting.message["Subject"]) == "Re: Parcel 4471 arrived damaged"
