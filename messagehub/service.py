@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import faust
 from psycopg_pool import AsyncConnectionPool
@@ -67,6 +68,7 @@ def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,
     logs.setup(settings.log_level)
     metrics.serve(settings.metrics_host, settings.metrics_port)
 
+    Path(settings.faust_data_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(app_id, settings)
     runtime = _StageRuntime(app, settings, stage, dead_letter_topic)
     source = raw_topic(app, source_topics[0]) if len(source_topics) == 1 else app.topic(

@@ -145,12 +145,16 @@ def up(state_dir: Path | None = None, port_base: int | None = None,
 
     secret_key = _local_secret(stack.state_dir, "secret_key")
     api_token = _local_secret(stack.state_dir, "api_token")
+    _write_stack_info(stack, api_token)
+
     (stack.state_dir / "services").mkdir(parents=True, exist_ok=True)
     for spec in SERVICES:
         _service_process(stack, spec, secret_key, api_token).start()
+    return status(state_dir, port_base)
 
-    info = status(state_dir, port_base)
-    # The file holds the database password: readable by its owner only.
+
+def _write_stack_info(stack: LocalStack, api_token: str) -> None:
+    # The file holds the database password and the API token: owner only.
     path = stack.state_dir / STACK_FILE
     path.touch(mode=0o600)
     path.write_text(json.dumps({
@@ -161,11 +165,10 @@ def up(state_dir: Path | None = None, port_base: int | None = None,
         "inbound_domain": INBOUND_DOMAIN,
         "ingest_smtp": f"127.0.0.1:{stack.port_base + INGEST_SMTP_OFFSET}",
         "sink_dir": str(stack.sink_dir),
+        "imap": f"127.0.0.1:{stack.imap_port}",
         "api": f"http://127.0.0.1:{stack.port_base + API_HTTP_OFFSET}",
         "api_token": api_token,
-        "components": info,
     }, indent=2), encoding="utf-8")
-    return info
 
 
 def down(state_dir: Path | None = None, port_base: int | None = None) -> None:
