@@ -40,7 +40,9 @@ class ManagedProcess:
 
     ``start()`` spawns ``argv`` unless the pid file names a live process,
     then waits until ``ready_check`` returns true. Output goes to
-    ``<state_dir>/<name>.log`` and the pid to ``<state_dir>/<name>.pid``.
+    ``<state_dir>/<name>.log``, the pid to ``<state_dir>/<name>.pid`` and
+    the process start time to ``<name>.pid.start``, which tells a live
+    process from an unrelated one that got the same pid later.
     At each spawn the previous log (and each of ``extra_logs``) is renamed
     to ``*.1``, so checks that search a log only see the current run.
     """
@@ -91,6 +93,11 @@ class ManagedProcess:
         return self.state_dir / f"{self.name}.pid"
 
     @property
+    def start_ticks_path(self) -> Path:
+        """The process start time from /proc/<pid>/stat, in clock ticks since boot."""
+        return self.state_dir / f"{self.name}.pid.start"
+
+    @property
     def log_path(self) -> Path:
         """File that receives the program's stdout and stderr."""
         return self.state_dir / f"{self.name}.log"
@@ -114,12 +121,15 @@ class ManagedProcess:
         or is not ready within ``start_timeout_s`` (it is stopped then).
         """
         running_pid = self.pid
-        if running_pid is None:
-            self._spawn()
-        else:
+        if running_pid is not None:
             logger.debug("%s: already running with pid %d", self.name, running_pid)
+            self.wait_ready()
+            return
 
+        started_at = time.monotonic()
+        self._spawn()
         self.wait_ready()
+        logger.info("%s: ready after %.1f s", self.name, time.monotonic() - started_at)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Poll ``ready_check`` until it passes, the process exits or time runs out."""
@@ -130,7 +140,6 @@ class ManagedProcess:
                 raise ProcessStartError(self.name, self._exit_reason(), self.log_tail())
 
             if self.ready_check is None or self.ready_check():
-                logger.info("%s: ready (pid %s)", self.name, self.pid)
                 return
 
             if time.monotonic() >= deadline:
@@ -145,7 +154,7 @@ class ManagedProcess:
         """Send ``stop_signal``, then SIGKILL to the process group after ``timeout_s``."""
         pid = self.pid
         if pid is None:
-            self.pid_path.unlink(missing_ok=True)
+            self._remove_pid_files()
             return
 
         logger.info("%s: stopping pid %d with %s", self.name, pid, self.stop_signal.name)
@@ -156,7 +165,7 @@ class ManagedProcess:
             if not self._wait_exit(pid, _KILL_WAIT_S):
                 raise LocalStackError(f"{self.name}: pid {pid} survived SIGKILL: check it with `ps -o pid,stat,cmd -p {pid}`")
 
-        self.pid_path.unlink(missing_ok=True)
+        self._remove_pid_files()
         logger.info("%s: stopped", self.name)
 
     def log_tail(self, lines: int = _TAIL_LINES) -> str:
@@ -188,8 +197,15 @@ class ManagedProcess:
                 **_user_switch_kwargs(self.user),
             )
 
+        # The start time goes first, so whoever reads the pid can verify it.
+        start_ticks = _start_ticks(self._popen.pid)
+        write_atomically(self.start_ticks_path, f"{start_ticks}\n".encode())
         write_atomically(self.pid_path, f"{self._popen.pid}\n".encode())
         logger.info("%s: started pid %d, log %s", self.name, self._popen.pid, self.log_path)
+
+    def _remove_pid_files(self) -> None:
+        self.pid_path.unlink(missing_ok=True)
+        self.start_ticks_path.unlink(missing_ok=True)
 
     def _check_ports_free(self) -> None:
         for port in self.listen_ports:
@@ -213,11 +229,15 @@ class ManagedProcess:
         # Reap our own child first, or it would stay a zombie and look alive.
         if self._popen is not None and self._popen.pid == pid:
             self._popen.poll()
+
+        # Comparing start times rejects a pid that the kernel reused for an
+        # unrelated process after ours exited. Without a recorded start time
+        # the pid cannot be trusted, so it does not count as ours.
         try:
-            written_at = self.pid_path.stat().st_mtime
-        except FileNotFoundError:
+            recorded = int(self.start_ticks_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
             return False
-        return _process_alive_since(pid, written_at)
+        return _start_ticks(pid) == recorded
 
     def _wait_exit(self, pid: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -250,33 +270,19 @@ def file_contains(path: Path, text: str) -> bool:
         return False
 
 
-def _process_alive_since(pid: int, not_after: float) -> bool:
-    """Return whether ``pid`` runs, is no zombie and started by ``not_after``.
-
-    The start time check rejects a pid that was reused by an unrelated
-    process after ours exited: that one started after the pid file was
-    written. One second of slack covers the coarse boot time in /proc/stat.
-    """
+def _start_ticks(pid: int) -> int | None:
+    """Return the start time of a live, non-zombie ``pid`` in clock ticks since boot."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return False
+        return None
 
     # The command name in brackets may contain spaces, so split after it.
     fields = stat[stat.rfind(")") + 2 :].split()
     state, start_ticks = fields[0], int(fields[19])
     if state in ("Z", "X"):
-        return False
-
-    started_at = _boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
-    return started_at <= not_after + 1.0
-
-
-def _boot_time() -> float:
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    raise LocalStackError("cannot read the boot time: /proc/stat has no btime line")
+        return None
+    return start_ticks
 
 
 def _user_switch_kwargs(user: str | None) -> dict[str, Any]:
