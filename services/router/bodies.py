@@ -214,7 +214,8 @@ class _TextExtractor(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if not self.skip_depth:
-            self.pieces.append(re.sub(r"\s+", " ", data))
+            # Only ASCII whitespace collapses; a no-break space is content.
+            self.pieces.append(re.sub(r"[ \t\r\n\f]+", " ", data))
 
 
 def html_to_text(html: str) -> str:

@@ -146,6 +146,15 @@ def guess_8bit(data: bytes) -> tuple[str, str]:
     return data.decode("latin-1"), "latin-1"
 
 
+def _is_text_codec(codec: str) -> bool:
+    # Python also registers bytes-to-bytes codecs such as "base64" and
+    # "zlib"; a charset parameter naming one of them is unknown, not valid.
+    try:
+        return codecs.lookup(codec)._is_text_encoding
+    except (LookupError, ValueError):
+        return False
+
+
 def _decode_undeclared(data: bytes, defects: list[str], what: str) -> str:
     if data.isascii():
         # Outlook sends ISO-2022-JP bodies with a bare "text/plain" and no
@@ -160,9 +169,7 @@ def _decode_undeclared(data: bytes, defects: list[str], what: str) -> str:
 
 
 def _decode_declared(data: bytes, codec: str, defects: list[str], what: str) -> str:
-    try:
-        codecs.lookup(codec)
-    except LookupError:
+    if not _is_text_codec(codec):
         text, guessed = guess_8bit(data)
         if not data.isascii():
             defects.append(f"{what}: unknown charset {codec!r}, decoded as {guessed}")
