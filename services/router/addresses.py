@@ -120,7 +120,7 @@ class _Chunk:
     has_at: bool = False
 
 
-def parse_addresses(value: str, defects: list[str], what: str) -> list[Address]:
+def parse_addresses(value: str, defects: list[str], source: str) -> list[Address]:
     """Parse an address-list header value that was decoded with ``decode_raw``.
 
     Accepts "Name <addr>", quoted names, "addr (Name)", bare addresses,
@@ -131,17 +131,17 @@ def parse_addresses(value: str, defects: list[str], what: str) -> list[Address]:
     addresses: list[Address] = []
 
     for chunk in chunks:
-        address = _chunk_to_address(chunk, defects, what)
+        address = _chunk_to_address(chunk, defects, source)
         if address is not None:
             addresses.append(address)
     return addresses
 
 
-def parse_address(value: str, defects: list[str], what: str) -> Address | None:
+def parse_address(value: str, defects: list[str], source: str) -> Address | None:
     """Parse a single-address header such as From or Sender; None when empty."""
-    addresses = parse_addresses(value, defects, what)
+    addresses = parse_addresses(value, defects, source)
     if len(addresses) > 1:
-        defects.append(f"{what}: {len(addresses)} addresses where one was expected, the first is used")
+        defects.append(f"{source}: {len(addresses)} addresses where one was expected, the first is used")
     return addresses[0] if addresses else None
 
 
@@ -236,21 +236,21 @@ def _read_comment(text: str, start: int) -> tuple[str, int]:
     return "".join(out), i
 
 
-def _chunk_to_address(chunk: _Chunk, defects: list[str], what: str) -> Address | None:
+def _chunk_to_address(chunk: _Chunk, defects: list[str], source: str) -> Address | None:
     if chunk.angle is not None:
         email = normalize_email(_strip_route(chunk.angle))
-        name = _clean_name(chunk.phrase, defects, what) or _clean_name(chunk.comments, defects, what)
+        name = _clean_name(chunk.phrase, defects, source) or _clean_name(chunk.comments, defects, source)
         return Address(name=name, email=email)
 
     phrase = chunk.phrase.strip()
     if not phrase:
         return None
     if not chunk.has_at:
-        defects.append(f"{what}: no address in {phrase[:60]!r}")
+        defects.append(f"{source}: no address in {phrase[:60]!r}")
         return None
 
     email = normalize_email(phrase)
-    return Address(name=_clean_name(chunk.comments, defects, what), email=email)
+    return Address(name=_clean_name(chunk.comments, defects, source), email=email)
 
 
 def _strip_route(angle: str) -> str:
@@ -261,12 +261,12 @@ def _strip_route(angle: str) -> str:
     return text
 
 
-def _clean_name(phrase: str, defects: list[str], what: str) -> str:
+def _clean_name(phrase: str, defects: list[str], source: str) -> str:
     # The splitter has already removed the quotes, so encoded-words inside
     # quoted names get decoded too: RFC 2047 forbids them there, but
     # mailers write them.
     text = re.sub(r"\s+", " ", phrase).strip()
-    text = decode_words(text, defects, what).strip()
+    text = decode_words(text, defects, source).strip()
 
     # Outlook wraps names in single quotes: 'Jane Doe' <jane@example.org>.
     if len(text) >= 2 and text[0] == text[-1] == "'":

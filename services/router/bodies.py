@@ -1,10 +1,10 @@
 """Body text helpers: line ends, format=flowed, quoted history and HTML.
 
-``mime.parse_mail`` calls these after it has decoded the body parts:
-``normalize_text`` and ``unflow`` for plain text, ``strip_quoted`` to keep
-only what the sender wrote in a reply, ``sanitize_html`` before HTML goes
-anywhere near a browser, ``html_to_text`` when a mail has no plain-text
-part, and ``cid_references`` to tell inline images from attachments.
+``mime.parse_mail`` calls these after it has decoded the body parts.
+``normalize_text`` and ``unflow`` clean plain text, and ``strip_quoted``
+keeps only the new part of a reply. ``sanitize_html`` runs before HTML can
+reach a browser, ``html_to_text`` serves mail without a plain-text part, and
+``cid_references`` tells inline images from attachments.
 """
 
 from __future__ import annotations

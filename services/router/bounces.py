@@ -21,7 +21,7 @@ from services.router.parts import Part, decode_payload, parse_part, split_header
 
 @dataclass(frozen=True)
 class Bounce:
-    """What a bounce reports about the mail that could not be delivered."""
+    """Failure details of a bounce: the failed recipients, the status and the returned mail's ids."""
 
     failed_recipients: list[str]
     status: str | None  # e.g. "5.1.2"
@@ -167,9 +167,9 @@ def _read_delivery_status(parts: list[Part], defects: list[str]) -> tuple[list[s
             status = _status_of(fields)
             first_status = first_status or status
             action = fields.get("action", "").strip().lower()
-            if action == "failed" or (status or "").startswith("5.") and action in ("", "failed"):
-                if recipient not in failed:
-                    failed.append(recipient)
+            permanent = (status or "").startswith("5.") and not action
+            if (action == "failed" or permanent) and recipient not in failed:
+                failed.append(recipient)
                 first_failed_status = first_failed_status or status
 
     return failed, first_failed_status or first_status
@@ -238,5 +238,5 @@ def _headers_pasted_in_text(text: str) -> list[tuple[str, bytes]] | None:
         rest = "\n".join(line.strip() for line in lines)
 
     headers, _body = split_header_block(rest.encode("utf-8"), [])
-    wanted = {"message-id", "in-reply-to", "references"}
-    return headers if any(name in wanted for name, _value in headers) else None
+    threading_headers = {"message-id", "in-reply-to", "references"}
+    return headers if any(name in threading_headers for name, _value in headers) else None

@@ -2,10 +2,11 @@
 
 Headers, bodies and attachment filenames all go through ``decode_bytes`` so a
 label means the same thing everywhere. The policy widens legacy labels to the
-superset that real mailers send (Shift_JIS mail is really CP932, GB2312 mail
-is really GBK or GB18030), decodes ISO-2022-JP by mapping JIS rows through
-CP932 as Windows does, and guesses undeclared 8-bit text as UTF-8, then CP932,
-then Latin-1. Called by the header, body and bounce decoders of the router.
+superset that real mailers send: Shift_JIS mail is really CP932, and GB2312
+mail is really GBK or GB18030. ISO-2022-JP is decoded by mapping JIS rows
+through CP932 as Windows does. Undeclared 8-bit text is tried as UTF-8, then
+CP932, then Latin-1. The header, body and bounce decoders of the router call
+this module.
 """
 
 from __future__ import annotations
@@ -112,25 +113,25 @@ def has_jis_escapes(data: bytes) -> bool:
     return _JIS_ESCAPE.search(data) is not None
 
 
-def decode_bytes(data: bytes, charset: str | None, defects: list[str], what: str) -> str:
+def decode_bytes(data: bytes, charset: str | None, defects: list[str], source: str) -> str:
     """Decode bytes by the charset policy; never raises.
 
-    ``charset`` is the declared label (or None). ``what`` names the decoded
+    ``charset`` is the declared label (or None). ``source`` names the decoded
     thing in defect messages, e.g. "body" or "Subject header". Repairs and
     guesses are appended to ``defects``.
     """
     codec = normalize_charset(charset)
 
     if codec is None:
-        return _decode_undeclared(data, defects, what)
+        return _decode_undeclared(data, defects, source)
 
     if codec == ISO_2022_JP:
-        return _decode_declared_iso2022jp(data, defects, what)
+        return _decode_declared_iso2022jp(data, defects, source)
 
     if codec == "euc-jp":
-        return _decode_euc_jp(data, defects, what)
+        return _decode_euc_jp(data, defects, source)
 
-    return _decode_declared(data, codec, defects, what)
+    return _decode_declared(data, codec, defects, source)
 
 
 def guess_8bit(data: bytes) -> tuple[str, str]:
@@ -155,53 +156,55 @@ def _is_text_codec(codec: str) -> bool:
         return False
 
 
-def _decode_undeclared(data: bytes, defects: list[str], what: str) -> str:
+def _decode_undeclared(data: bytes, defects: list[str], source: str) -> str:
     if data.isascii():
         # Outlook sends ISO-2022-JP bodies with a bare "text/plain" and no
         # charset parameter; the escape sequences give it away.
         if has_jis_escapes(data):
-            return decode_iso2022jp(data, defects, what)
+            return decode_iso2022jp(data, defects, source)
         return data.decode("ascii")
 
     text, codec = guess_8bit(data)
-    defects.append(f"{what}: no charset declared for 8-bit text, decoded as {codec}")
+    defects.append(f"{source}: no charset declared for 8-bit text, decoded as {codec}")
     return text
 
 
-def _decode_declared(data: bytes, codec: str, defects: list[str], what: str) -> str:
+def _decode_declared(data: bytes, codec: str, defects: list[str], source: str) -> str:
     if not _is_text_codec(codec):
         text, guessed = guess_8bit(data)
         if not data.isascii():
-            defects.append(f"{what}: unknown charset {codec!r}, decoded as {guessed}")
+            defects.append(f"{source}: unknown charset {codec!r}, decoded as {guessed}")
         return text
 
     # 7-bit text under an 8-bit label is usually ISO-2022-JP from a mailer
     # that wrote the wrong label; ASCII itself decodes the same either way.
     if data.isascii() and has_jis_escapes(data) and not codec.startswith("utf-7"):
-        defects.append(f"{what}: labelled {codec} but contains ISO-2022-JP escapes")
-        return decode_iso2022jp(data, defects, what)
+        defects.append(f"{source}: labelled {codec} but contains ISO-2022-JP escapes")
+        return decode_iso2022jp(data, defects, source)
 
     try:
         return data.decode(codec)
-    except UnicodeDecodeError:
+    except UnicodeError:
+        # UnicodeError, not only UnicodeDecodeError: codecs such as idna
+        # raise the base class.
         pass
 
     text, guessed = guess_8bit(data)
-    defects.append(f"{what}: text is not valid {codec}, decoded as {guessed}")
+    defects.append(f"{source}: text is not valid {codec}, decoded as {guessed}")
     return text
 
 
-def _decode_declared_iso2022jp(data: bytes, defects: list[str], what: str) -> str:
+def _decode_declared_iso2022jp(data: bytes, defects: list[str], source: str) -> str:
     # Some mailers label Shift_JIS or UTF-8 text as ISO-2022-JP. Real
     # ISO-2022-JP is 7-bit, so 8-bit data without any escape is mislabelled.
     if not data.isascii() and not has_jis_escapes(data):
         text, guessed = guess_8bit(data)
-        defects.append(f"{what}: labelled iso-2022-jp but contains 8-bit text, decoded as {guessed}")
+        defects.append(f"{source}: labelled iso-2022-jp but contains 8-bit text, decoded as {guessed}")
         return text
-    return decode_iso2022jp(data, defects, what)
+    return decode_iso2022jp(data, defects, source)
 
 
-def _decode_euc_jp(data: bytes, defects: list[str], what: str) -> str:
+def _decode_euc_jp(data: bytes, defects: list[str], source: str) -> str:
     try:
         return data.decode("euc_jp")
     except UnicodeDecodeError:
@@ -209,10 +212,10 @@ def _decode_euc_jp(data: bytes, defects: list[str], what: str) -> str:
 
     # Python's euc_jp lacks the NEC and IBM rows that Windows mailers emit
     # as eucJP-ms; those bytes are JIS rows with the high bit set.
-    return _decode_eucjp_via_cp932(data, defects, what)
+    return _decode_eucjp_via_cp932(data, defects, source)
 
 
-def _decode_eucjp_via_cp932(data: bytes, defects: list[str], what: str) -> str:
+def _decode_eucjp_via_cp932(data: bytes, defects: list[str], source: str) -> str:
     out: list[str] = []
     bad = False
     i = 0
@@ -240,7 +243,7 @@ def _decode_eucjp_via_cp932(data: bytes, defects: list[str], what: str) -> str:
             i += 1
 
     if bad:
-        defects.append(f"{what}: invalid euc-jp bytes replaced")
+        defects.append(f"{source}: invalid euc-jp bytes replaced")
     return "".join(out)
 
 
@@ -328,7 +331,7 @@ class _Iso2022JpState:
         self.bad = False
 
 
-def decode_iso2022jp(data: bytes, defects: list[str], what: str) -> str:
+def decode_iso2022jp(data: bytes, defects: list[str], source: str) -> str:
     """Decode ISO-2022-JP (any variant) with JIS X 0208 read through CP932.
 
     Handles JIS X 0208/0212/0213, halfwidth katakana by escape or SO/SI, and
@@ -349,7 +352,7 @@ def decode_iso2022jp(data: bytes, defects: list[str], what: str) -> str:
         i = _decode_one(data, i, state, out)
 
     if state.bad:
-        defects.append(f"{what}: invalid iso-2022-jp bytes replaced")
+        defects.append(f"{source}: invalid iso-2022-jp bytes replaced")
     return "".join(out)
 
 
@@ -406,7 +409,7 @@ def _decode_one(data: bytes, i: int, state: _Iso2022JpState, out: list[str]) -> 
         out.append(chr(byte))
         return i + 1
 
-    return _decode_pair(data, i, state, out)
+    return _decode_pair(data, i, state.double, state, out)
 
 
 def _decode_8bit_byte(byte: int, i: int, state: _Iso2022JpState, out: list[str]) -> int:
@@ -420,14 +423,19 @@ def _decode_8bit_byte(byte: int, i: int, state: _Iso2022JpState, out: list[str])
     return i + 1
 
 
-def _decode_pair(data: bytes, i: int, state: _Iso2022JpState, out: list[str]) -> int:
-    assert state.double is not None
+def _decode_pair(
+    data: bytes,
+    i: int,
+    decode_pair: Callable[[int, int], str],
+    state: _Iso2022JpState,
+    out: list[str],
+) -> int:
     if i + 1 >= len(data) or not 0x21 <= data[i + 1] <= 0x7E:
         out.append("\ufffd")
         state.bad = True
         return i + 1
 
-    char = state.double(data[i], data[i + 1])
+    char = decode_pair(data[i], data[i + 1])
     if char == "\ufffd":
         state.bad = True
     out.append(char)

@@ -10,7 +10,6 @@ parsers, the MIME tree and ``mime.parse_mail`` call it.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -30,7 +29,7 @@ def unfold(value: str) -> str:
     return _FOLD.sub("", value).replace("\r", "").replace("\n", "")
 
 
-def decode_raw(raw: bytes, defects: list[str], what: str) -> str:
+def decode_raw(raw: bytes, defects: list[str], source: str) -> str:
     """Decode raw header bytes to a string without touching encoded-words.
 
     Raw UTF-8 is legal in headers (RFC 6532); old Japanese mailers also send
@@ -38,21 +37,21 @@ def decode_raw(raw: bytes, defects: list[str], what: str) -> str:
     """
     if raw.isascii():
         if has_jis_escapes(raw):
-            return decode_bytes(raw, "iso-2022-jp", defects, what)
+            return decode_bytes(raw, "iso-2022-jp", defects, source)
         return raw.decode("ascii")
 
     text, codec = guess_8bit(raw)
     if codec != "utf-8":
-        defects.append(f"{what}: raw 8-bit header decoded as {codec}")
+        defects.append(f"{source}: raw 8-bit header decoded as {codec}")
     return text
 
 
-def decode_text(raw: bytes, defects: list[str], what: str) -> str:
+def decode_text(raw: bytes, defects: list[str], source: str) -> str:
     """Decode an unstructured header value (Subject, display names) to text."""
-    return decode_words(unfold(decode_raw(raw, defects, what)), defects, what).strip()
+    return decode_words(unfold(decode_raw(raw, defects, source)), defects, source).strip()
 
 
-def decode_words(text: str, defects: list[str], what: str) -> str:
+def decode_words(text: str, defects: list[str], source: str) -> str:
     """Decode RFC 2047 encoded-words in a string.
 
     Adjacent encoded-words in the same charset are decoded as one byte
@@ -71,16 +70,16 @@ def decode_words(text: str, defects: list[str], what: str) -> str:
         adjacent = pending_charset is not None and _WHITESPACE_ONLY.fullmatch(gap) is not None
 
         if not (adjacent and charset == pending_charset):
-            _flush_words(pieces, pending, pending_charset, defects, what)
+            _flush_words(pieces, pending, pending_charset, defects, source)
             pending = bytearray()
             if not adjacent:
                 pieces.append(gap)
 
-        pending += _decode_word_payload(match.group(2), match.group(3), defects, what)
+        pending += _decode_word_payload(match.group(2), match.group(3), defects, source)
         pending_charset = charset
         position = match.end()
 
-    _flush_words(pieces, pending, pending_charset, defects, what)
+    _flush_words(pieces, pending, pending_charset, defects, source)
     pieces.append(text[position:])
     return "".join(pieces)
 
@@ -90,28 +89,28 @@ def _flush_words(
     pending: bytearray,
     charset: str | None,
     defects: list[str],
-    what: str,
+    source: str,
 ) -> None:
     if charset is None:
         return
-    pieces.append(decode_bytes(bytes(pending), charset, defects, what))
+    pieces.append(decode_bytes(bytes(pending), charset, defects, source))
 
 
-def _decode_word_payload(encoding: str, payload: str, defects: list[str], what: str) -> bytes:
+def _decode_word_payload(encoding: str, payload: str, defects: list[str], source: str) -> bytes:
     data = payload.encode("utf-8", "surrogateescape")
 
     if encoding in "Qq":
         # In the Q encoding "_" is a space; "=XX" is a hex byte.
         return _QP_HEX.sub(lambda m: bytes.fromhex(m.group(1).decode()), data.replace(b"_", b" "))
 
-    return decode_base64_chunks(data, defects, what)
+    return decode_base64_chunks(data, defects, source)
 
 
 _BASE64_CHUNK = re.compile(rb"[A-Za-z0-9+/]+=*")
 _BASE64_ALPHABET = re.compile(rb"[^A-Za-z0-9+/=]")
 
 
-def decode_base64_chunks(data: bytes, defects: list[str], what: str) -> bytes:
+def decode_base64_chunks(data: bytes, defects: list[str], source: str) -> bytes:
     """Decode base64 that may be several separately padded pieces.
 
     Some encoders emit each line or buffer as its own padded base64 string,
@@ -120,20 +119,20 @@ def decode_base64_chunks(data: bytes, defects: list[str], what: str) -> bytes:
     """
     cleaned = _BASE64_ALPHABET.sub(b"", data)
     if len(cleaned) != len(data.translate(None, b" \t\r\n")):
-        defects.append(f"{what}: invalid characters skipped in base64")
+        defects.append(f"{source}: invalid characters skipped in base64")
 
     out = bytearray()
+    truncated = False
     for chunk in _BASE64_CHUNK.findall(cleaned):
         body = chunk.rstrip(b"=")
         if len(body) % 4 == 1:
             # A single leftover character carries less than one byte.
-            defects.append(f"{what}: truncated base64 data")
+            truncated = True
             body = body[:-1]
-        padded = body + b"=" * (-len(body) % 4)
-        try:
-            out += base64.b64decode(padded)
-        except binascii.Error:
-            defects.append(f"{what}: undecodable base64 chunk skipped")
+        out += base64.b64decode(body + b"=" * (-len(body) % 4))
+
+    if truncated:
+        defects.append(f"{source}: truncated base64 data")
     return bytes(out)
 
 
@@ -200,7 +199,7 @@ def _read_quoted(text: str, start: int) -> tuple[str, int]:
     return "".join(out), i
 
 
-def get_param(params: list[tuple[str, str, bool]], name: str, defects: list[str], what: str) -> str | None:
+def get_param(params: list[tuple[str, str, bool]], name: str, defects: list[str], source: str) -> str | None:
     """Return a decoded parameter, preferring the RFC 2231 form.
 
     ``name*`` and ``name*0``/``name*0*`` continuations win over a plain
@@ -211,11 +210,11 @@ def get_param(params: list[tuple[str, str, bool]], name: str, defects: list[str]
     """
     extended = _collect_rfc2231(params, name)
     if extended:
-        return _decode_rfc2231(extended, defects, what)
+        return _decode_rfc2231(extended, defects, source)
 
     for param_name, value, _quoted in params:
         if param_name == name:
-            return decode_words(value, defects, what)
+            return decode_words(value, defects, source)
     return None
 
 
@@ -233,7 +232,7 @@ def _collect_rfc2231(params: list[tuple[str, str, bool]], name: str) -> list[tup
     return [(index, value, encoded) for index, (value, encoded) in sorted(sections.items())]
 
 
-def _decode_rfc2231(sections: list[tuple[int, str, bool]], defects: list[str], what: str) -> str:
+def _decode_rfc2231(sections: list[tuple[int, str, bool]], defects: list[str], source: str) -> str:
     charset: str | None = None
     data = bytearray()
 
@@ -247,7 +246,7 @@ def _decode_rfc2231(sections: list[tuple[int, str, bool]], defects: list[str], w
             charset, _language, value = value.split("'", 2)
         data += unquote_to_bytes(value)
 
-    return decode_bytes(bytes(data), charset or None, defects, what)
+    return decode_bytes(bytes(data), charset or None, defects, source)
 
 
 # ---------------------------------------------------------------------------

@@ -107,7 +107,12 @@ def parse_mail(raw: bytes) -> ParsedMail:
         # The contract is a result for every input, so a bug on some
         # unforeseen malformation must still yield a record to store.
         defects.append(f"mail could not be parsed: {type(error).__name__}: {error}")
-        return _unreadable_mail(raw, defects)
+        return _unreadable_mail(raw, _distinct(defects))
+
+
+def _distinct(defects: list[str]) -> list[str]:
+    # A damaged mail can repeat one repair many times; report each once.
+    return list(dict.fromkeys(defects))
 
 
 def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
@@ -156,7 +161,7 @@ def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
         list_id=list_id,
         bounce=bounce,
         forwarding_confirmation=confirmation,
-        defects=defects,
+        defects=_distinct(defects),
     )
 
 

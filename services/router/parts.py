@@ -2,7 +2,7 @@
 content transfer decoding.
 
 The router does not read structure through Python's ``email`` package,
-because its answers depend on malformations: a multipart part whose boundary
+because its results depend on malformations: a multipart part whose boundary
 never appears comes back with a string payload, and its base64 decoder stops
 at the first padded chunk. This module splits the raw bytes itself, keeps
 the exact bytes of every part (so a forwarded message/rfc822 part can be
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from services.router.headers import decode_base64_chunks, decode_raw, get_param, split_value_and_params, unfold
 
-# Deeper nesting than this is treated as an opaque leaf. Real mail rarely
-# goes past 6 levels; the limit protects the recursion from crafted input.
+# Deeper nesting than this is treated as an opaque leaf. Mail clients nest a
+# few levels deep, so the limit only stops crafted input from exhausting the
+# recursion.
 MAX_DEPTH = 30
 
 _HEADER_LINE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
@@ -40,16 +41,16 @@ class Part:
 
     def header(self, name: str) -> bytes | None:
         """Return the raw value of the first header with this name."""
-        wanted = name.lower()
+        target = name.lower()
         for header_name, value in self.headers:
-            if header_name == wanted:
+            if header_name == target:
                 return value
         return None
 
     def header_values(self, name: str) -> list[bytes]:
         """Return the raw values of every header with this name, in order."""
-        wanted = name.lower()
-        return [value for header_name, value in self.headers if header_name == wanted]
+        target = name.lower()
+        return [value for header_name, value in self.headers if header_name == target]
 
     def param(self, name: str, defects: list[str]) -> str | None:
         """Return a decoded Content-Type parameter."""

@@ -50,7 +50,7 @@ def test_parse_mail__new_inquiry_ids_and_addresses(cases_dir: Path) -> None:
     assert mail.defects == []
 
 
-def test_parse_mail__cc_reply_all_points_at_first_mail(cases_dir: Path) -> None:
+def test_parse_mail__cc_reply_all_ids(cases_dir: Path) -> None:
     mail = parse_case(cases_dir, "02-cc-reply-all-before-agent.eml")
 
     assert mail.in_reply_to == ["c01.parcel4471@mail.example.org"]
@@ -149,7 +149,7 @@ def test_parse_mail__raw_utf8_headers(cases_dir: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_parse_mail__bounce_with_boundaryless_inner_multipart(cases_dir: Path) -> None:
+def test_parse_mail__bounce_inner_boundary_missing(cases_dir: Path) -> None:
     mail = parse_case(cases_dir, "26-bounce-inner-multipart-no-boundary.eml")
 
     assert mail.kind == "bounce"
@@ -190,7 +190,7 @@ def test_parse_mail__rfc2231_and_rfc2047_filenames(cases_dir: Path) -> None:
     assert mail.text == "見積書、納品書、請求書を添付します。\n"
 
 
-def test_parse_mail__cid_image_without_disposition_is_inline(cases_dir: Path) -> None:
+def test_parse_mail__cid_image_is_inline(cases_dir: Path) -> None:
     mail = parse_case(cases_dir, "28-inline-cid-no-disposition.eml")
 
     [image] = mail.attachments
@@ -225,7 +225,7 @@ def test_parse_mail__forwarded_message_attachment(cases_dir: Path) -> None:
     assert inner.from_ == Address(name="Example Shop", email="orders@shop.example.com")
 
 
-def test_parse_mail__base64_of_separately_padded_chunks(cases_dir: Path) -> None:
+def test_parse_mail__base64_padded_chunks(cases_dir: Path) -> None:
     mail = parse_case(cases_dir, "31-base64-concatenated-chunks.eml")
 
     [csv] = mail.attachments
