@@ -33,6 +33,9 @@ _DISALLOWED_IN_ID = re.compile(r"[\s<>\"\\(),;\x00-\x1f\x7f]")
 def normalize_email(addr_spec: str) -> str:
     """Strip an addr-spec and lowercase its domain; the local part is kept."""
     text = re.sub(r"\s+", "", addr_spec)
+
+    # Raw bytes left surrogate-escaped by decode_raw cannot be stored.
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     local, at, domain = text.rpartition("@")
     if not at:
         return text
@@ -51,7 +54,7 @@ def is_sane_id(candidate: str) -> bool:
     quotes or controls. Square brackets and dots are allowed because
     Exchange writes ids such as ``[hex-base64]@host``.
     """
-    if not candidate or len(candidate) > _MAX_ID_LENGTH:
+    if not candidate or len(candidate) > _MAX_ID_LENGTH or not candidate.isprintable():
         return False
     if _DISALLOWED_IN_ID.search(candidate):
         return False

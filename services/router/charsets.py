@@ -81,6 +81,8 @@ _SHIFT_IN = 0x0F
 
 # Escape sequences that mark text as ISO-2022-JP when no charset is declared:
 # ESC $ @, ESC $ B (JIS X 0208), ESC ( J, ESC ( I and ESC $ ( D.
+_PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
+
 _JIS_ESCAPE = re.compile(rb"\x1b(?:\$[@B]|\([BJI]|\$\([DOPQ])")
 
 
@@ -139,11 +141,23 @@ def guess_8bit(data: bytes) -> tuple[str, str]:
 
     The order is UTF-8, then CP932, then Latin-1, which never fails.
     """
-    for codec in ("utf-8", "cp932"):
-        try:
-            return data.decode(codec), codec
-        except UnicodeDecodeError:
-            continue
+    if data.isascii():
+        return data.decode("ascii"), "ascii"
+
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+
+    # Latin-1 letters such as ö (F6) fall into CP932's user-defined area,
+    # which real Japanese text does not use, so such a result is rejected.
+    try:
+        text = data.decode("cp932")
+        if not _PRIVATE_USE.search(text):
+            return text, "cp932"
+    except UnicodeDecodeError:
+        pass
+
     return data.decode("latin-1"), "latin-1"
 
 

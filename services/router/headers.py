@@ -19,6 +19,7 @@ from services.router.charsets import decode_bytes, guess_8bit, has_jis_escapes
 
 # charset (with optional RFC 2231 language), encoding, encoded text.
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?]*?)\?=")
+_ENCODED_WORD_BYTES = re.compile(rb"=\?[^?\s]+\?[QqBb]\?[^?]*?\?=")
 _WHITESPACE_ONLY = re.compile(r"[ \t\r\n]*")
 _FOLD = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
 _QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
@@ -32,7 +33,7 @@ def unfold(value: str) -> str:
 def decode_raw(raw: bytes, defects: list[str], source: str) -> str:
     """Decode raw header bytes to a string without touching encoded-words.
 
-    Raw UTF-8 is legal in headers (RFC 6532); old Japanese mailers also send
+    Raw UTF-8 is legal in headers (RFC 6532). Old Japanese mailers also send
     raw CP932, or raw ISO-2022-JP escapes without any encoded-word.
     """
     if raw.isascii():
@@ -40,8 +41,23 @@ def decode_raw(raw: bytes, defects: list[str], source: str) -> str:
             return decode_bytes(raw, "iso-2022-jp", defects, source)
         return raw.decode("ascii")
 
+    pieces: list[str] = []
+    position = 0
+    for match in _ENCODED_WORD_BYTES.finditer(raw):
+        pieces.append(_decode_raw_8bit(raw[position : match.start()], defects, source))
+        # Some mailers put raw 8-bit bytes inside encoded-words. They belong
+        # to the word's charset, so they stay surrogate-escaped until
+        # decode_words reads the word.
+        pieces.append(match.group().decode("ascii", "surrogateescape"))
+        position = match.end()
+
+    pieces.append(_decode_raw_8bit(raw[position:], defects, source))
+    return "".join(pieces)
+
+
+def _decode_raw_8bit(raw: bytes, defects: list[str], source: str) -> str:
     text, codec = guess_8bit(raw)
-    if codec != "utf-8":
+    if codec not in ("utf-8", "ascii") and not raw.isascii():
         defects.append(f"{source}: raw 8-bit header decoded as {codec}")
     return text
 

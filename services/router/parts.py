@@ -139,7 +139,15 @@ def _read_content_type(headers: list[tuple[str, bytes]], default_type: str, defe
 
     text = unfold(decode_raw(raw, defects, "Content-Type header"))
     main, params = split_value_and_params(text)
-    content_type = main.strip().strip('"').lower()
+
+    # Some mailers forget the ";" before the first parameter:
+    # "application/pdf name=offer.pdf".
+    main, _, trailing = main.strip().partition(" ")
+    if "=" in trailing:
+        params = split_value_and_params(";" + trailing)[1] + params
+        defects.append("Content-Type header lacks ';' before its parameters")
+
+    content_type = main.strip('"').lower()
 
     if not _CONTENT_TYPE.match(content_type):
         # "text" alone or an empty value: RFC 2045 says treat it as plain text.
@@ -210,13 +218,27 @@ def _before_line_break(data: bytes, position: int) -> int:
 # ---------------------------------------------------------------------------
 
 
+# Spellings seen in the wild for the standard encodings.
+_TRANSFER_ENCODING_ALIASES = {
+    "7bits": "7bit",
+    "8bits": "8bit",
+    "7-bit": "7bit",
+    "8-bit": "8bit",
+    "quoted printable": "quoted-printable",
+    "quotedprintable": "quoted-printable",
+    "quoted_printable": "quoted-printable",
+    "base-64": "base64",
+}
+
+
 def transfer_encoding(part: Part) -> str:
     """Return the lowercased Content-Transfer-Encoding, "7bit" when absent."""
     raw = part.header("content-transfer-encoding")
     if raw is None:
         return "7bit"
-    text = raw.decode("ascii", "replace")
-    return re.sub(r"\(.*?\)", "", text).strip().strip('"').lower() or "7bit"
+    text = unfold(raw.decode("ascii", "replace"))
+    value = re.sub(r"\(.*?\)", "", text).strip().strip('"').strip().lower() or "7bit"
+    return _TRANSFER_ENCODING_ALIASES.get(value, value)
 
 
 def decode_payload(part: Part, defects: list[str]) -> bytes:

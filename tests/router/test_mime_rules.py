@@ -155,6 +155,14 @@ def test_decode_bytes__unknown_charset() -> None:
     assert defects == ["body: unknown charset 'x-made-up-charset', decoded as utf-8"]
 
 
+def test_decode_bytes__latin1_not_read_as_cp932_private_use() -> None:
+    # F6 ("ö") followed by "s" is a CP932 user-defined character.
+    defects: list[str] = []
+
+    assert decode_bytes(b"Fr\xf6sche", None, defects, "body") == "Frösche"
+    assert defects == ["body: no charset declared for 8-bit text, decoded as latin-1"]
+
+
 def test_decode_bytes__euc_jp_with_nec_row() -> None:
     # Python's euc_jp lacks NEC row 13; the JIS row is read through CP932.
     data = "会議室".encode("euc_jp") + bytes((0x2D | 0x80, 0x21 | 0x80))
@@ -198,6 +206,13 @@ def test_decode_text__raw_cp932_header() -> None:
 def test_decode_text__raw_iso2022jp_header() -> None:
     # Old Japanese mailers put JIS escapes into headers without encoded-words.
     assert decode_text("納期".encode("iso2022_jp"), [], "Subject") == "納期"
+
+
+def test_decode_text__raw_8bit_inside_encoded_word() -> None:
+    # The raw F6 belongs to the word's ISO-8859-1, not to a guessed charset.
+    raw = b"=?iso-8859-1?Q?Gr=FC=DFe_an_J\xf6rg?= und Tomas"
+
+    assert decode_text(raw, [], "Subject") == "Grüße an Jörg und Tomas"
 
 
 def test_parse_mail__subject_unfolded() -> None:
@@ -388,6 +403,13 @@ def test_parse_mail__quoted_printable_body() -> None:
     assert mail.text == "Café au lait, sehr groß.\n"
 
 
+def test_parse_mail__transfer_encoding_misspelled() -> None:
+    mail = parse(BASIC + "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: Quoted Printable", "gro=C3=9F\n")
+
+    assert mail.text == "groß\n"
+    assert mail.defects == []
+
+
 def test_parse_mail__format_flowed_is_joined() -> None:
     body = "This line was wrapped by the \nsender's client.\n> quoted and \n> wrapped\n-- \nInes\n"
 
@@ -466,6 +488,13 @@ def test_attachment__encoded_word_name_parameter() -> None:
     [attachment] = parse_mail(attachment_mail(headers)).attachments
 
     assert attachment.filename == "Angebot für Ines.pdf"
+
+
+def test_attachment__content_type_without_semicolon() -> None:
+    [attachment] = parse_mail(attachment_mail('Content-Type: application/pdf name="offer.pdf"')).attachments
+
+    assert attachment.content_type == "application/pdf"
+    assert attachment.filename == "offer.pdf"
 
 
 def test_attachment__windows_path_is_stripped() -> None:
