@@ -125,15 +125,23 @@ def decode_bytes(data: bytes, charset: str | None, defects: list[str], source: s
     codec = normalize_charset(charset)
 
     if codec is None:
-        return _decode_undeclared(data, defects, source)
+        text = _decode_undeclared(data, defects, source)
+    elif codec == ISO_2022_JP:
+        text = _decode_declared_iso2022jp(data, defects, source)
+    elif codec == "euc-jp":
+        text = _decode_euc_jp(data, defects, source)
+    else:
+        text = _decode_declared(data, codec, defects, source)
 
-    if codec == ISO_2022_JP:
-        return _decode_declared_iso2022jp(data, defects, source)
+    return drop_nul(text, defects, source)
 
-    if codec == "euc-jp":
-        return _decode_euc_jp(data, defects, source)
 
-    return _decode_declared(data, codec, defects, source)
+def drop_nul(text: str, defects: list[str], source: str) -> str:
+    """Remove NUL characters, which PostgreSQL text columns reject."""
+    if "\x00" not in text:
+        return text
+    defects.append(f"{source}: NUL characters removed")
+    return text.replace("\x00", "")
 
 
 def guess_8bit(data: bytes) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote_to_bytes
 
-from services.router.charsets import decode_bytes, guess_8bit, has_jis_escapes
+from services.router.charsets import decode_bytes, drop_nul, guess_8bit, has_jis_escapes
 
 # charset (with optional RFC 2231 language), encoding, encoded text.
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?]*?)\?=")
@@ -39,7 +39,7 @@ def decode_raw(raw: bytes, defects: list[str], source: str) -> str:
     if raw.isascii():
         if has_jis_escapes(raw):
             return decode_bytes(raw, "iso-2022-jp", defects, source)
-        return raw.decode("ascii")
+        return drop_nul(raw.decode("ascii"), defects, source)
 
     pieces: list[str] = []
     position = 0
@@ -52,7 +52,7 @@ def decode_raw(raw: bytes, defects: list[str], source: str) -> str:
         position = match.end()
 
     pieces.append(_decode_raw_8bit(raw[position:], defects, source))
-    return "".join(pieces)
+    return drop_nul("".join(pieces), defects, source)
 
 
 def _decode_raw_8bit(raw: bytes, defects: list[str], source: str) -> str:

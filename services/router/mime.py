@@ -39,7 +39,15 @@ from services.router.bounces import (
     read_bounce,
 )
 from services.router.charsets import decode_bytes
-from services.router.headers import decode_raw, decode_text, get_param, parse_date, split_value_and_params, unfold
+from services.router.headers import (
+    decode_raw,
+    decode_text,
+    decode_words,
+    get_param,
+    parse_date,
+    split_value_and_params,
+    unfold,
+)
 from services.router.parts import Params, Part, decode_payload, parse_part, split_header_block
 
 __all__ = ["Address", "Attachment", "Bounce", "ForwardingConfirmation", "ParsedMail", "parse_mail"]
@@ -203,16 +211,17 @@ def _unreadable_mail(raw: bytes, defects: list[str]) -> ParsedMail:
 
 
 def _header_text(root: Part, name: str, defects: list[str]) -> str | None:
-    """Return a header decoded to a string, encoded-words left alone."""
+    """Return a structured header's value decoded to a string, None when absent."""
     raw = root.header(name)
     if raw is None:
         return None
-    return unfold(decode_raw(raw, defects, f"{name} header"))
+    source = f"{name.title()} header"
+    return decode_words(unfold(decode_raw(raw, defects, source)), defects, source)
 
 
 def _text_header(root: Part, name: str, defects: list[str]) -> str:
     raw = root.header(name)
-    return "" if raw is None else decode_text(raw, defects, f"{name} header")
+    return "" if raw is None else decode_text(raw, defects, f"{name.title()} header")
 
 
 def _message_id(root: Part, defects: list[str]) -> str | None:
@@ -229,22 +238,28 @@ def _message_id(root: Part, defects: list[str]) -> str | None:
 def _ids(root: Part, name: str, defects: list[str]) -> list[str]:
     ids: list[str] = []
     for raw in root.header_values(name):
-        for message_id in extract_ids(decode_raw(raw, defects, f"{name} header")):
+        for message_id in extract_ids(decode_raw(raw, defects, f"{name.title()} header")):
             if message_id not in ids:
                 ids.append(message_id)
     return ids
 
 
 def _address_header(root: Part, name: str, defects: list[str]) -> Address | None:
-    text = _header_text(root, name, defects)
-    return None if text is None else parse_address(text, defects, f"{name} header")
+    raw = root.header(name)
+    if raw is None:
+        return None
+
+    # Encoded-words are decoded after parsing, inside display names only,
+    # because a decoded name may contain "," or "<".
+    source = f"{name.title()} header"
+    return parse_address(unfold(decode_raw(raw, defects, source)), defects, source)
 
 
 def _address_list(root: Part, name: str, defects: list[str]) -> list[Address]:
     addresses: list[Address] = []
     for raw in root.header_values(name):
-        text = unfold(decode_raw(raw, defects, f"{name} header"))
-        addresses.extend(parse_addresses(text, defects, f"{name} header"))
+        text = unfold(decode_raw(raw, defects, f"{name.title()} header"))
+        addresses.extend(parse_addresses(text, defects, f"{name.title()} header"))
     return addresses
 
 

@@ -7,14 +7,24 @@ written here, are in ``test_mime_rules.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.router.mime import Address, ParsedMail, parse_mail
 
 
 def parse_case(cases_dir: Path, name: str) -> ParsedMail:
     return parse_mail((cases_dir / name).read_bytes())
+
+
+def build_multipart(body: str) -> bytes:
+    """Build a multipart/mixed mail with boundary "b1" around an LF-separated body."""
+    headers = "From: Ines Park <ines@example.net>\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+    return headers.encode() + body.replace("\n", "\r\n").encode("utf-8")
 
 
 def scenario_message(cases_dir: Path, name: str, label: str) -> bytes:
@@ -327,19 +337,32 @@ def check_types(mail: ParsedMail) -> list[str]:
         problems.append("carriage return in text")
     if mail.kind not in {"customer", "auto_reply", "bounce", "list", "forwarding_confirmation"}:
         problems.append(f"kind {mail.kind!r}")
-    for address in [mail.from_, mail.sender, *mail.reply_to, *mail.to, *mail.cc]:
-        if address is not None:
-            # Surrogate escapes would make this raise.
-            address.name.encode("utf-8")
-            address.email.encode("utf-8")
     for attachment in mail.attachments:
         if attachment.size != len(attachment.data) or not attachment.filename:
             problems.append(f"attachment {attachment.filename!r}")
     if mail.html is not None and "<script" in mail.html.lower():
         problems.append("script in html")
-    mail.subject.encode("utf-8")
-    mail.text.encode("utf-8")
+    problems += [f"{path} is not storable text" for path in unstorable_strings(mail, "mail")]
     return problems
+
+
+def unstorable_strings(value: object, path: str) -> list[str]:
+    """Return the paths of strings that a UTF-8 database column would reject."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [path]
+        return [path] if "\x00" in value else []
+    if isinstance(value, list):
+        return [bad for index, item in enumerate(value) for bad in unstorable_strings(item, f"{path}[{index}]")]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [
+            bad
+            for field in dataclasses.fields(value)
+            for bad in unstorable_strings(getattr(value, field.name), f"{path}.{field.name}")
+        ]
+    return []
 
 
 def test_parse_mail__every_case_mail_is_sane(cases_dir: Path) -> None:
@@ -363,3 +386,34 @@ def test_parse_mail__corpus_never_raises(corpus_dir: Path) -> None:
             failures[str(path.relative_to(corpus_dir))] = problems
 
     assert failures == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_parse_mail__arbitrary_bytes_never_raise(raw: bytes) -> None:
+    mail = parse_mail(raw)
+
+    assert check_types(mail) == []
+    assert not any("could not be parsed" in defect for defect in mail.defects)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_parse_mail__damaged_multipart_never_raises(data: st.DataObject) -> None:
+    raw = bytearray(
+        build_multipart(
+            '--b1\nContent-Type: text/plain; charset="iso-2022-jp"\n\n\x1b$B$3$s\x1b(B\n'
+            '--b1\nContent-Type: image/png; name*0*=utf-8\'\'%E6%97; name*1*=%A5.png\nContent-ID: <i@x>\n'
+            "Content-Transfer-Encoding: base64\n\niVBORw0KGgo=\n"
+            "--b1\nContent-Type: message/delivery-status\n\nFinal-Recipient: rfc822; a@b\n"
+            "--b1--\n",
+        )
+    )
+    for _ in range(data.draw(st.integers(min_value=1, max_value=8))):
+        position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw[position] = data.draw(st.integers(min_value=0, max_value=255))
+
+    mail = parse_mail(bytes(raw))
+
+    assert check_types(mail) == []
+    assert not any("could not be parsed" in defect for defect in mail.defects)
