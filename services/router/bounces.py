@@ -82,6 +82,11 @@ def read_bounce(
     used for notices that are not RFC 3464 reports.
     """
     status_parts = find_parts(root, DELIVERY_STATUS_TYPES)
+    if not status_parts and _is_other_report(root, defects):
+        # Read receipts and abuse reports also return the original headers
+        # from a null sender, but nothing failed.
+        return None
+
     failed_header = _x_failed_recipients(root, defects)
     returned = _returned_header_block(root, text, defects)
 
@@ -126,6 +131,13 @@ def _build_bounce(
         original_in_reply_to=in_reply_to[0] if in_reply_to else None,
         original_references=references,
     )
+
+
+def _is_other_report(root: Part, defects: list[str]) -> bool:
+    if root.content_type != "multipart/report":
+        return False
+    report_type = (root.param("report-type", defects) or "").strip().lower()
+    return report_type not in ("", "delivery-status")
 
 
 def _x_failed_recipients(root: Part, defects: list[str]) -> list[str]:

@@ -16,7 +16,14 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
-from services.router.headers import decode_base64_chunks, decode_raw, get_param, split_value_and_params, unfold
+from services.router.headers import (
+    decode_base64_chunks,
+    decode_raw,
+    decode_words,
+    get_param,
+    split_value_and_params,
+    unfold,
+)
 
 # Deeper nesting than this is treated as an opaque leaf. Mail clients nest a
 # few levels deep, so the limit only stops crafted input from exhausting the
@@ -51,6 +58,18 @@ class Part:
         """Return the raw values of every header with this name, in order."""
         target = name.lower()
         return [value for header_name, value in self.headers if header_name == target]
+
+    def header_text(self, name: str, defects: list[str]) -> str | None:
+        """Return the first such header as text with encoded-words decoded, None when absent.
+
+        Not for address headers: their display names are decoded only after
+        parsing, because a decoded name may contain "," or "<".
+        """
+        raw = self.header(name)
+        if raw is None:
+            return None
+        source = f"{name.title()} header"
+        return decode_words(unfold(decode_raw(raw, defects, source)), defects, source)
 
     def param(self, name: str, defects: list[str]) -> str | None:
         """Return a decoded Content-Type parameter."""

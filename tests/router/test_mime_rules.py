@@ -832,6 +832,30 @@ def test_bounce__postfix_text_recipient_and_status() -> None:
     assert mail.bounce.status == "5.1.1"
 
 
+def test_bounce__read_receipt_is_not_a_bounce() -> None:
+    headers = """\
+From: Tomas Berg <tomas@example.net>
+To: support@example.com
+Subject: Read: Your order
+Return-Path: <>
+Content-Type: multipart/report; report-type=disposition-notification; boundary="m1"
+"""
+    body = (
+        "--m1\nContent-Type: text/plain\n\nYour message was read.\n"
+        "--m1\nContent-Type: message/disposition-notification\n\n"
+        "Final-Recipient: rfc822; tomas@example.net\nDisposition: manual-action/MDN-sent-manually; displayed\n"
+        "--m1\nContent-Type: text/rfc822-headers\n\nMessage-ID: <reply.11@example.com>\n"
+        "--m1--\n"
+    )
+
+    mail = parse(headers, body)
+
+    assert mail.bounce is None
+    assert mail.auto_submitted is True
+    assert mail.kind == "auto_reply"
+    assert mail.attachments == []
+
+
 def test_bounce__null_sender_auto_reply_is_not_a_bounce() -> None:
     mail = parse(BASIC + "Return-Path: <>\nAuto-Submitted: auto-replied", "I am away until Monday.\n")
 
