@@ -30,8 +30,8 @@ is_installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
-# A policy-rc.d that exits 101 tells Debian's maintainer scripts not to start
-# services, so a fresh dovecot never listens on all interfaces, not even
+# Debian's maintainer scripts do not start services while a policy-rc.d that
+# exits 101 exists, so a fresh dovecot never listens on all interfaces, not even
 # briefly. An existing policy file is left untouched.
 TEMP_POLICY=""
 remove_temp_policy() {

@@ -2,7 +2,7 @@
 
 ``LocalStack`` and ``ManagedProcess`` raise these so that ``messagehub up``
 and the test fixtures can catch one root class and show its message, which
-says what failed and what to do next.
+states what failed and what to do next.
 """
 
 from __future__ import annotations

@@ -174,10 +174,11 @@ class PostgresServer:
             )
 
     def _server_argv(self) -> list[str]:
-        # The server is not wrapped in runuser like initdb: runuser stays the
-        # parent and answers SIGINT/SIGTERM by killing its child after two
-        # seconds, which would turn every stop into a crash. ManagedProcess
-        # switches the uid itself, so the recorded pid is the postmaster's.
+        # The server is not wrapped in runuser like initdb. runuser stays the
+        # parent, ignores SIGINT, and on SIGTERM kills its child with SIGKILL
+        # two seconds later (util-linux 2.38), which turns a stop into a
+        # crash. ManagedProcess switches the uid itself, so the recorded pid
+        # is the postmaster's.
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),

@@ -41,7 +41,7 @@ class ManagedProcess:
     ``start()`` spawns ``argv`` unless the pid file names a live process,
     then waits until ``ready_check`` returns true. Output goes to
     ``<state_dir>/<name>.log``, the pid to ``<state_dir>/<name>.pid`` and
-    the process start time to ``<name>.pid.start``, which tells a live
+    the process start time to ``<name>.pid.start``, which distinguishes the
     process from an unrelated one that got the same pid later.
     At each spawn the previous log (and each of ``extra_logs``) is renamed
     to ``*.1``, so checks that search a log only see the current run.
@@ -137,6 +137,7 @@ class ManagedProcess:
         deadline = time.monotonic() + limit_s
         while True:
             if not self.is_running():
+                self._remove_pid_files()
                 raise ProcessStartError(self.name, self._exit_reason(), self.log_tail())
 
             if self.ready_check is None or self.ready_check():
@@ -186,18 +187,21 @@ class ManagedProcess:
             started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log_file.write(f"=== {self.name} starting at {started_at}: {self.argv!r}\n".encode())
             log_file.flush()
-            self._popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-                **_user_switch_kwargs(self.user),
-            )
+            try:
+                self._popen = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.cwd,
+                    env=self.env,
+                    start_new_session=True,
+                    **_user_switch_kwargs(self.user),
+                )
+            except OSError as error:
+                raise LocalStackError(f"{self.name}: cannot run {self.argv[0]!r}: {error}") from error
 
-        # The start time goes first, so whoever reads the pid can verify it.
+        # The start time is written first, so a reader of the pid file can verify the pid.
         start_ticks = _start_ticks(self._popen.pid)
         write_atomically(self.start_ticks_path, f"{start_ticks}\n".encode())
         write_atomically(self.pid_path, f"{self._popen.pid}\n".encode())

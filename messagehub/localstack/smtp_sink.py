@@ -7,7 +7,7 @@ tests read what arrived with ``read_sink``. ``LocalStack`` starts it as
 Each message is stored as ``DIR/<seq>.eml`` with the DATA bytes exactly as
 received (after SMTP dot-unstuffing), and a ``DIR/<seq>.json`` sidecar with
 the envelope. The sidecar is renamed into place last, so a message whose
-sidecar exists is complete. The server answers 250 only after both files
+sidecar exists is complete. The server replies 250 only after both files
 exist, and 451 (try again later) when they cannot be written.
 """
 
@@ -26,7 +26,6 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from functools import cached_property
 from pathlib import Path
-from typing import cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -41,6 +40,7 @@ SERVER_HOSTNAME = "localhost"
 class SinkMail:
     """One message the sink received, with its SMTP envelope."""
 
+    # The reverse-path as aiosmtpd reports it: "<>" for the null sender.
     mail_from: str
     rcpt_tos: list[str]
     received_at: datetime
@@ -49,8 +49,7 @@ class SinkMail:
     @cached_property
     def message(self) -> EmailMessage:
         """The raw bytes parsed with ``email.policy.default``."""
-        parsed = BytesParser(policy=email.policy.default).parsebytes(self.raw)
-        return cast(EmailMessage, parsed)
+        return BytesParser(EmailMessage, policy=email.policy.default).parsebytes(self.raw)
 
 
 def read_sink(mail_dir: Path) -> list[SinkMail]:
@@ -83,8 +82,8 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Store the message and return the SMTP reply."""
-        # The number is taken before any await, so concurrent sessions on
-        # this event loop never share one.
+        # This method never awaits, so concurrent sessions on this event
+        # loop cannot get the same number.
         self._last_seq += 1
         seq = self._last_seq
         raw = envelope.original_content or b""

@@ -54,7 +54,7 @@ SINK_STOP_TIMEOUT_S = 10.0
 
 
 class Component(Protocol):
-    """What the stack needs from each infrastructure server."""
+    """Interface of an infrastructure server, as the stack uses it."""
 
     name: str
     process: ManagedProcess
@@ -254,15 +254,16 @@ class LocalStack:
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o755)
+
         # Fail before any server starts when a worker user cannot reach the files.
         if os.geteuid() == 0:
             check_reachable_by(self.state_dir, POSTGRES_OS_USER, "postgresql")
             check_reachable_by(self.state_dir, MAIL_USER, "dovecot")
-        if settings is None:
-            self._write_stack_file()
+
+        self._write_stack_file()
 
     def _write_stack_file(self) -> None:
-        # The file contains the database password, so only root can read it.
+        # The file contains the database password, so only its owner may read it.
         settings = {
             "state_dir": str(self.state_dir),
             "port_base": self.port_base,
