@@ -23,9 +23,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from imapclient import IMAPClient
-from imapclient.exceptions import LoginError
-from kafka import KafkaAdminClient
+from imapclient import IMAPClient  # type: ignore[import-untyped]
+from imapclient.exceptions import LoginError  # type: ignore[import-untyped]
+from kafka import KafkaAdminClient  # type: ignore[import-untyped]
 
 from messagehub.localstack import (
     DEFAULT_STATE_ROOT,
