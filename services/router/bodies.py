@@ -4,7 +4,7 @@
 ``normalize_text`` and ``unflow`` clean plain text, and ``strip_quoted``
 keeps only the new part of a reply. ``sanitize_html`` runs before HTML can
 reach a browser, ``html_to_text`` serves mail without a plain-text part, and
-``cid_references`` tells inline images from attachments.
+``cid_references`` separates inline images from attachments.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def test_normalize_charset__policy_labels(label: str | None, codec: str | None) 
     assert normalize_charset(label) == codec
 
 
-def test_decode_bytes__shift_jis_label_reads_cp932_rows() -> None:
+def test_decode_bytes__shift_jis_as_cp932() -> None:
     defects: list[str] = []
 
     text = decode_bytes("①㈱髙".encode("cp932"), "Shift_JIS", defects, "body")
@@ -74,7 +74,7 @@ def test_decode_bytes__shift_jis_label_reads_cp932_rows() -> None:
     assert defects == []
 
 
-def test_decode_bytes__gb2312_label_reads_gbk_characters() -> None:
+def test_decode_bytes__gb2312_as_gb18030() -> None:
     # 镕 is in GBK but not in GB2312; Chinese mailers label GBK as GB2312.
     defects: list[str] = []
 
@@ -87,7 +87,7 @@ def test_decode_bytes__ks_c_5601_reads_cp949() -> None:
     assert decode_bytes("똠방각하".encode("cp949"), "ks_c_5601-1987", [], "body") == "똠방각하"
 
 
-def test_decode_bytes__iso2022jp_maps_rows_through_cp932() -> None:
+def test_decode_bytes__iso2022jp_cp932_rows() -> None:
     # ESC $ B, then NEC row 13 "①" (2D 21) and IBM extension "髙" (7C 62).
     data = b"\x1b$B-!|b\x1b(B ok"
 
@@ -99,7 +99,7 @@ def test_decode_bytes__iso2022jp_halfwidth_katakana() -> None:
     assert decode_bytes(b"\x1b(I1\x1b(B!", "iso-2022-jp", [], "body") == "ｱ!"
 
 
-def test_decode_bytes__iso2022jp_line_break_resets_to_ascii() -> None:
+def test_decode_bytes__iso2022jp_line_break_reset() -> None:
     # The mailer forgot ESC ( B before the line break.
     data = b"\x1b$B$3$s\r\nabc"
 
@@ -119,7 +119,7 @@ def test_decode_bytes__undeclared_utf8() -> None:
     assert defects == ["body: no charset declared for 8-bit text, decoded as utf-8"]
 
 
-def test_decode_bytes__mislabelled_utf8_falls_back_to_cp932() -> None:
+def test_decode_bytes__mislabelled_utf8_cp932() -> None:
     defects: list[str] = []
 
     text = decode_bytes("お世話になります".encode("cp932"), "utf-8", defects, "body")
@@ -128,7 +128,7 @@ def test_decode_bytes__mislabelled_utf8_falls_back_to_cp932() -> None:
     assert defects == ["body: text is not valid utf-8, decoded as cp932"]
 
 
-def test_decode_bytes__undecodable_falls_back_to_latin1() -> None:
+def test_decode_bytes__latin1_last_resort() -> None:
     defects: list[str] = []
 
     text = decode_bytes(b"caf\xe9\n", "us-ascii", defects, "body")
@@ -153,7 +153,7 @@ def test_decode_bytes__unknown_charset() -> None:
     assert defects == ["body: unknown charset 'x-made-up-charset', decoded as utf-8"]
 
 
-def test_decode_bytes__latin1_not_read_as_cp932_private_use() -> None:
+def test_decode_bytes__latin1_over_cp932_private_use() -> None:
     # F6 ("ö") followed by "s" is a CP932 user-defined character.
     defects: list[str] = []
 
@@ -173,7 +173,7 @@ def test_decode_bytes__euc_jp_with_nec_row() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_decode_text__joins_utf8_split_inside_a_character() -> None:
+def test_decode_text__utf8_split_across_words() -> None:
     # "日本" is E6 97 A5 E6 9C AC; the first word ends in the middle of 本.
     first = base64.b64encode(b"\xe6\x97\xa5\xe6").decode()
     second = base64.b64encode(b"\x9c\xac").decode()
@@ -182,7 +182,7 @@ def test_decode_text__joins_utf8_split_inside_a_character() -> None:
     assert decode_text(raw, [], "Subject") == "日本"
 
 
-def test_decode_text__keeps_space_between_word_and_text() -> None:
+def test_decode_text__space_after_word_kept() -> None:
     raw = b"Re: =?ISO-8859-1?Q?Gr=FC=DFe_aus?= Berlin"
 
     assert decode_text(raw, [], "Subject") == "Re: Grüße aus Berlin"
@@ -362,7 +362,7 @@ def test_parse_mail__multipart_closing_boundary_missing() -> None:
     assert "closing boundary of multipart/mixed missing" in mail.defects
 
 
-def test_parse_mail__alternative_takes_plain_and_html_once() -> None:
+def test_parse_mail__alternative_bodies() -> None:
     body = (
         "--b2\nContent-Type: text/plain; charset=utf-8\n\nPlain version.\n"
         "--b2\nContent-Type: text/html; charset=utf-8\n\n<p>HTML version.</p>\n"
@@ -679,14 +679,14 @@ def test_kind__auto_reply_headers(header: str) -> None:
     assert mail.kind == "auto_reply"
 
 
-def test_kind__out_of_office_subject_alone_is_customer() -> None:
+def test_kind__ooo_subject_alone() -> None:
     mail = parse(BASIC.replace("Question about my order", "Out of Office: Automatic reply") + "Auto-Submitted: no")
 
     assert mail.auto_submitted is False
     assert mail.kind == "customer"
 
 
-def test_kind__suppress_header_without_oof_is_customer() -> None:
+def test_kind__suppress_without_oof() -> None:
     assert parse(BASIC + "X-Auto-Response-Suppress: DR, RN").auto_submitted is False
 
 
@@ -832,7 +832,7 @@ def test_bounce__postfix_text_recipient_and_status() -> None:
     assert mail.bounce.status == "5.1.1"
 
 
-def test_bounce__read_receipt_is_not_a_bounce() -> None:
+def test_bounce__read_receipt() -> None:
     headers = """\
 From: Tomas Berg <tomas@example.net>
 To: support@example.com
@@ -856,7 +856,7 @@ Content-Type: multipart/report; report-type=disposition-notification; boundary="
     assert mail.attachments == []
 
 
-def test_bounce__null_sender_auto_reply_is_not_a_bounce() -> None:
+def test_bounce__null_sender_auto_reply() -> None:
     mail = parse(BASIC + "Return-Path: <>\nAuto-Submitted: auto-replied", "I am away until Monday.\n")
 
     assert mail.bounce is None
