@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def run(mail_path: Path | None = None) -> int:
 
     progress = wait_until_handled(info["database_url"], inbox["id"], len(result.distinct_keys))
     elapsed = time.monotonic() - import_started
-    _say(f"Pipeline handled them in {elapsed:.1f}s ({result.accepted / elapsed:.1f} mails/s): "
+    _say(f"Pipeline handled them within {elapsed:.1f}s: "
          f"{progress['incoming']} messages, {progress['notices']} notices, "
          f"{progress['sent']} mails sent to the SMTP sink\n")
 
@@ -114,12 +115,24 @@ def run(mail_path: Path | None = None) -> int:
     return 0
 
 
+def _display_width(text: str) -> int:
+    # CJK characters take two columns in a terminal.
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def _fit(text: str, width: int) -> str:
+    """Return ``text`` cut and padded to exactly ``width`` terminal columns."""
+    if _display_width(text) > width:
+        while _display_width(text) > width - 1:
+            text = text[:-1]
+        text += "…"
+    return text + " " * (width - _display_width(text))
+
+
 def _print_table(conversations: list[dict[str, Any]]) -> None:
-    _say(f"{'subject':<50} {'msgs':>4}  {'assignee':<10} greeting")
+    _say(f"{_fit('subject', 50)} {'msgs':>4}  {'assignee':<10} greeting")
     for conversation in conversations:
-        subject = conversation["subject"] or "(no subject)"
-        if len(subject) > 48:
-            subject = subject[:47] + "…"
+        subject = _fit(conversation["subject"] or "(no subject)", 50)
         greeting = "sent" if conversation["greetings_sent"] else "-"
-        _say(f"{subject:<50} {conversation['messages']:>4}  "
+        _say(f"{subject} {conversation['messages']:>4}  "
              f"{conversation['assignee'] or '(queued)':<10} {greeting}")

@@ -30,15 +30,21 @@ def create_inbox(stack: dict[str, Any], *, email_address: str, agents: list[str]
     return inbox
 
 
-def import_and_wait(stack: dict[str, Any], inbox: dict[str, Any], paths: list[Path],
-                    *, already_handled: int = 0, concurrency: int = 4) -> dict[str, int]:
-    """Import ``paths`` through the forwarding receiver and wait until handled."""
+def import_and_wait(stack: dict[str, Any], inbox: dict[str, Any], paths: list[Path], *,
+                    expected_total: int | None = None, concurrency: int = 4) -> dict[str, int]:
+    """Import ``paths`` through the forwarding receiver and wait until handled.
+
+    The wait ends when the inbox holds ``expected_total`` incoming messages
+    and notices, by default as many as the import sent distinct mails.
+    """
     host, port = stack["ingest_smtp"].rsplit(":", 1)
     client = ForwardingClient(host, int(port), inbox["forwarding_address"])
     result = import_paths(paths, client, concurrency=concurrency)
     assert result.rejected == []
-    return wait_until_handled(stack["database_url"], inbox["id"],
-                              already_handled + len(result.distinct_keys), timeout_seconds=120)
+    if expected_total is None:
+        expected_total = len(result.distinct_keys)
+    return wait_until_handled(stack["database_url"], inbox["id"], expected_total,
+                              timeout_seconds=120)
 
 
 def conversations(stack: dict[str, Any], inbox: dict[str, Any]) -> list[dict[str, Any]]:

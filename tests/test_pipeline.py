@@ -40,16 +40,24 @@ def test_corpus_import__conversations_equal_thread_ground_truth(
     assert actual - {frozenset()} == expected
 
 
-def test_corpus_import__reimport_changes_nothing(stack: dict[str, Any], corpus_dir: Path) -> None:
+def test_corpus_import__reimport_changes_nothing(stack: dict[str, Any], corpus_dir: Path,
+                                                 tmp_path: Path) -> None:
     corpus = corpus_dir / "notmuch-default"
     inbox = create_inbox(stack, email_address="again@example.com", agents=["Kim"])
     first = import_and_wait(stack, inbox, [corpus])
     before = conversations(stack, inbox)
 
-    second = import_and_wait(stack, inbox, [corpus], already_handled=first["incoming"])
+    # Mail of one inbox is handled in order, so once a new mail sent after
+    # the re-import is handled, every re-imported copy has been seen too.
+    import_and_wait(stack, inbox, [corpus], expected_total=first["incoming"])
+    sentinel = tmp_path / "sentinel.eml"
+    sentinel.write_bytes(b"From: Nora <nora@example.org>\r\nTo: again@example.com\r\n"
+                         b"Subject: One more\r\nMessage-ID: <sentinel.reimport@example.org>\r\n"
+                         b"\r\nAre you still there?\r\n")
+    after = import_and_wait(stack, inbox, [sentinel], expected_total=first["incoming"] + 1)
 
-    assert second["incoming"] == first["incoming"]
-    assert conversations(stack, inbox) == before
+    assert after["incoming"] == first["incoming"] + 1
+    assert [c for c in conversations(stack, inbox) if c["subject"] != "One more"] == before
 
 
 def test_cc_and_outlook_replies__one_conversation_one_greeting(
@@ -66,7 +74,8 @@ def test_cc_and_outlook_replies__one_conversation_one_greeting(
     replies.mkdir()
     shutil.copy(cases_dir / "02-cc-reply-all-before-agent.eml", replies)
     shutil.copy(cases_dir / "03-reply-to-outlook-sent-reply.eml", replies)
-    import_and_wait(stack, inbox, [replies], already_handled=handled["incoming"], concurrency=1)
+    import_and_wait(stack, inbox, [replies], expected_total=handled["incoming"] + 2,
+                    concurrency=1)
 
     [conversation] = conversations(stack, inbox)
     assert conversation["subject"] == "Parcel 4471 arrived damaged"

@@ -30,7 +30,7 @@ from messagehub import ids, outbox, topics
 from messagehub.worker import StageError
 from services.outbound.compose import Sender, build_mail, make_message_id, reply_subject
 from services.outbound.smtp import SmtpDelivery, SmtpPermanentError
-from services.outbound.texts import default_text, render_text
+from services.outbound.texts import default_text, render_html, render_text
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _body(record: dict[str, Any], inbox: dict[str, Any],
     if custom:
         return render_text(custom, **values), None
     default = default_text(record["kind"], inbox["locale"])
-    return render_text(default.text, **values), render_text(default.html, **values)
+    return render_text(default.text, **values), render_html(default.html, **values)
 
 
 async def _load_context(conn: AsyncConnection[Any], record: dict[str, Any]) -> dict[str, Any]:
