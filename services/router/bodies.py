@@ -77,7 +77,7 @@ _REPLY_HEADERS = [
 # Outlook starts the quoted history with a header block instead of a line
 # such as "On ... wrote:", sometimes after a line of underscores.
 _OUTLOOK_FROM = re.compile(r"^\*?(?:From|Von|De|Da|Van|差出人)\s?:\*?\s", re.I)
-_OUTLOOK_NEXT = re.compile(r"^\*?(?:Sent|Date|Gesendet|Datum|Envoyé|Enviado|Inviato|Verzonden|送信日時|To)\s?:\*?\s", re.I)
+_OUTLOOK_NEXT = re.compile(r"^\*?(?:Sent|Date|Gesendet|Datum|Envoyé|Enviado|Inviato|Verzonden|送信日時)\s?:\*?\s", re.I)
 _UNDERSCORE_LINE = re.compile(r"^_{10,}\s*$")
 
 

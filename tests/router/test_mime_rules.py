@@ -645,6 +645,12 @@ def test_strip_quoted__plain_from_line_is_kept() -> None:
     assert strip_quoted(text) == text
 
 
+def test_strip_quoted__from_to_lines_are_kept() -> None:
+    text = "Please ship it like this:\nFrom: Berlin warehouse\nTo: Ines Park, Paris\n"
+
+    assert strip_quoted(text) == text
+
+
 # ---------------------------------------------------------------------------
 # Classification
 # ---------------------------------------------------------------------------
