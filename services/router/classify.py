@@ -68,6 +68,7 @@ def is_report(root: Part, report_type: str, defects: list[str]) -> bool:
 
 
 def read_precedence(root: Part, defects: list[str]) -> str | None:
+    """Return the lowercased Precedence value without comments, None when absent."""
     text = root.header_text("precedence", defects)
     if text is None:
         return None
@@ -76,6 +77,7 @@ def read_precedence(root: Part, defects: list[str]) -> str | None:
 
 
 def read_list_id(root: Part, defects: list[str]) -> str | None:
+    """Return the List-Id identifier, the part in angle brackets when there is one."""
     text = root.header_text("list-id", defects)
     if text is None:
         return None
@@ -128,6 +130,11 @@ def classify_kind(
     auto_submitted: bool,
     precedence: str | None,
 ) -> str:
+    """Return the kind of mail; the more specific system kinds win.
+
+    A bounce from a list server is a bounce, and an out-of-office reply to
+    a list post is list mail, so no automatic answer goes to either.
+    """
     if confirmation is not None:
         return "forwarding_confirmation"
     if bounce is not None:

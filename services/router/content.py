@@ -184,6 +184,7 @@ def _generated_name(content_type: str, index: int) -> str:
 
 
 def finish_attachment(pending: PendingFile, cids: set[str]) -> Attachment:
+    """Build the Attachment; an image is inline when the HTML refers to its Content-ID."""
     inline = pending.content_type.startswith("image/") and pending.content_id is not None and pending.content_id in cids
     return Attachment(
         filename=pending.filename,

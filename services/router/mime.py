@@ -138,7 +138,7 @@ def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
 
 def _unreadable_mail(raw: bytes, defects: list[str]) -> ParsedMail:
     # Keep the bytes visible to an agent as text rather than lose them.
-    text = normalize_text(raw.decode("utf-8", "replace"))
+    text = normalize_text(raw.decode("utf-8", "replace")).replace("\x00", "")
     return ParsedMail(
         message_id=None,
         in_reply_to=[],
@@ -185,7 +185,7 @@ def _message_id(root: Part, defects: list[str]) -> str | None:
         if ids:
             return ids[0]
     if values:
-        defects.append("Message-ID header holds no valid id")
+        defects.append("Message-ID header contains no valid id")
     return None
 
 

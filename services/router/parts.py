@@ -169,7 +169,7 @@ def _read_content_type(headers: list[tuple[str, bytes]], default_type: str, defe
     content_type = main.strip('"').lower()
 
     if not _CONTENT_TYPE.match(content_type):
-        # "text" alone or an empty value: RFC 2045 says treat it as plain text.
+        # RFC 2045 reads "text" alone or an empty value as plain text.
         defects.append(f"invalid Content-Type {main[:60]!r}, read as text/plain")
         return "text/plain", params
     return content_type, params

@@ -282,7 +282,7 @@ def test_parse_mail__unusable_message_id_is_none() -> None:
     mail = parse(BASIC.replace("<ines.1@mail.example.net>", "<local-only>"))
 
     assert mail.message_id is None
-    assert "Message-ID header holds no valid id" in mail.defects
+    assert "Message-ID header contains no valid id" in mail.defects
 
 
 def test_parse_mail__references_in_header_order() -> None:
