@@ -26,6 +26,7 @@ class Address:
 
 
 _MAX_ID_LENGTH = 998
+_COMMENT = re.compile(r"\([^()]*\)")
 _BRACKETED_ID = re.compile(r"<([^<>]*)>")
 _DISALLOWED_IN_ID = re.compile(r"[\s<>\"\\(),;\x00-\x1f\x7f]")
 
@@ -134,9 +135,7 @@ def parse_addresses(value: str, defects: list[str], source: str) -> list[Address
     addresses: list[Address] = []
 
     for chunk in chunks:
-        address = _chunk_to_address(chunk, defects, source)
-        if address is not None:
-            addresses.append(address)
+        addresses.extend(_chunk_to_addresses(chunk, defects, source))
     return addresses
 
 
@@ -155,6 +154,11 @@ def _split_chunks(text: str) -> list[_Chunk]:
 
     while i < len(text):
         char = text[i]
+        if char in '"<' or not (char.isspace() or char in ",;("):
+            # Anything but a comment after "<addr>" starts the next mailbox,
+            # because mailers forget the comma between mailboxes.
+            current = _start_next_if_closed(chunks, current)
+
         if char == '"':
             quoted, i = _read_until_quote(text, i + 1)
             current.phrase += quoted
@@ -169,6 +173,7 @@ def _split_chunks(text: str) -> list[_Chunk]:
             current.angle = text[i + 1 : end]
             i = end + 1
             continue
+
         if char in ",;":
             chunks.append(current)
             current = _Chunk()
@@ -182,6 +187,13 @@ def _split_chunks(text: str) -> list[_Chunk]:
 
     chunks.append(current)
     return chunks
+
+
+def _start_next_if_closed(chunks: list[_Chunk], current: _Chunk) -> _Chunk:
+    if current.angle is None:
+        return current
+    chunks.append(current)
+    return _Chunk()
 
 
 def _merge_split_names(chunks: list[_Chunk]) -> list[_Chunk]:
@@ -239,21 +251,41 @@ def _read_comment(text: str, start: int) -> tuple[str, int]:
     return "".join(out), i
 
 
-def _chunk_to_address(chunk: _Chunk, defects: list[str], source: str) -> Address | None:
+def _chunk_to_addresses(chunk: _Chunk, defects: list[str], source: str) -> list[Address]:
     if chunk.angle is not None:
-        email = normalize_email(_strip_route(chunk.angle))
+        email = normalize_email(_strip_route(_COMMENT.sub("", chunk.angle)))
         name = _clean_name(chunk.phrase, defects, source) or _clean_name(chunk.comments, defects, source)
-        return Address(name=name, email=email)
+        return [Address(name=name, email=email)]
 
     phrase = chunk.phrase.strip()
     if not phrase:
-        return None
+        return []
     if not chunk.has_at:
         defects.append(f"{source}: no address in {phrase[:60]!r}")
-        return None
+        return []
 
-    email = normalize_email(phrase)
-    return Address(name=_clean_name(chunk.comments, defects, source), email=email)
+    comment_name = _clean_name(chunk.comments, defects, source)
+    words = phrase.split()
+    addr_specs = [word for word in words if _is_whole_addr_spec(word)]
+
+    # "john @ example.org" is obsolete but valid syntax for one address.
+    if not addr_specs:
+        return [Address(name=comment_name, email=normalize_email(phrase))]
+
+    # Without angle brackets, the words around an address are its name
+    # ("Jane Doe jane@example.org"), and several addresses separated only by
+    # spaces are several mailboxes.
+    if len(addr_specs) > 1:
+        return [Address(name="", email=normalize_email(spec)) for spec in addr_specs]
+
+    other_words = " ".join(word for word in words if word not in addr_specs)
+    name = comment_name or _clean_name(other_words, defects, source)
+    return [Address(name=name, email=normalize_email(addr_specs[0]))]
+
+
+def _is_whole_addr_spec(word: str) -> bool:
+    local, at, domain = word.rpartition("@")
+    return bool(at and local and domain)
 
 
 def _strip_route(angle: str) -> str:

@@ -240,6 +240,38 @@ def test_parse_addresses__unquoted_comma_in_name() -> None:
     ]
 
 
+def test_parse_addresses__missing_commas() -> None:
+    value = "Ines Park <ines@example.net> Tomas Berg <tomas@example.net>"
+
+    assert parse_addresses(value, [], "To") == [
+        Address(name="Ines Park", email="ines@example.net"),
+        Address(name="Tomas Berg", email="tomas@example.net"),
+    ]
+    assert parse_addresses("ines@example.net tomas@example.net", [], "To") == [
+        Address(name="", email="ines@example.net"),
+        Address(name="", email="tomas@example.net"),
+    ]
+
+
+def test_parse_addresses__unbracketed_name_words() -> None:
+    assert parse_addresses("Ines Park ines@example.net", [], "From") == [
+        Address(name="Ines Park", email="ines@example.net")
+    ]
+
+
+def test_parse_addresses__comments_inside_brackets() -> None:
+    assert parse_addresses("Ines <ines(home)@example.net(mail host)>", [], "From") == [
+        Address(name="Ines", email="ines@example.net")
+    ]
+
+
+def test_parse_addresses__raw_utf8_address() -> None:
+    # RFC 6532 allows UTF-8 in the address itself.
+    assert parse_addresses("Jörg <jörg@bücher.example>", [], "From") == [
+        Address(name="Jörg", email="jörg@bücher.example")
+    ]
+
+
 def test_parse_addresses__group_and_null_sender() -> None:
     assert parse_addresses("undisclosed-recipients:;", [], "To") == []
     assert parse_addresses("<>", [], "From") == [Address(name="", email="")]
