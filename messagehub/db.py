@@ -1,8 +1,9 @@
 """PostgreSQL access shared by the services: the schema and the connections.
 
-Services call :func:`open_pool` once at start, which also applies
-``sql/schema.sql`` (idempotent, serialized by an advisory lock so replicas
-starting together do not race). Rows come back as dicts.
+Services call :func:`open_pool` once at start, which also applies the
+schema: every ``sql/NNN-*.sql`` file in name order, each idempotent, under an
+advisory lock so replicas starting together do not race. Rows come back as
+dicts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
-SCHEMA_FILE = Path(__file__).resolve().parent / "sql" / "schema.sql"
+SCHEMA_DIR = Path(__file__).resolve().parent / "sql"
 # An arbitrary constant that names "messagehub schema migration" among advisory locks.
 _SCHEMA_LOCK_ID = 0x6D68_7363
 
@@ -30,7 +31,8 @@ def apply_schema(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_ID,))
         try:
-            conn.execute(SCHEMA_FILE.read_text(encoding="utf-8"))
+            for path in sorted(SCHEMA_DIR.glob("[0-9][0-9][0-9]-*.sql")):
+                conn.execute(path.read_text(encoding="utf-8"))
             conn.execute("ANALYZE")
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_ID,))

@@ -1,8 +1,8 @@
 -- The messagehub database: inboxes and their settings, agents, the raw mail
 -- store, conversations and their messages, and the bookkeeping that makes
 -- every consumer idempotent (processed events, the outbox, the send ledger).
--- Applied by `messagehub up` and by each service at start; every statement
--- is safe to run again.
+-- Applied by `messagehub up` and by each service at start, before the
+-- later NNN-*.sql files; every statement is safe to run again.
 
 CREATE TABLE IF NOT EXISTS inboxes (
     id                   uuid PRIMARY KEY,
