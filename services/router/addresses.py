@@ -51,7 +51,7 @@ def normalize_email(addr_spec: str) -> str:
 def is_sane_id(candidate: str) -> bool:
     """Tell whether text can serve as a message id for threading.
 
-    It needs an "@" with text on both sides and no whitespace, brackets,
+    It needs an "@" with text on both sides and no whitespace, angle brackets,
     quotes or controls. Square brackets and dots are allowed because
     Exchange writes ids such as ``[hex-base64]@host``.
     """

@@ -31,6 +31,7 @@ from services.router.headers import (
 MAX_DEPTH = 30
 
 _HEADER_LINE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_UNINDENTED_PARAMETER = re.compile(rb"[A-Za-z0-9_*-]+=[^:]*$")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
 
 Params = list[tuple[str, str, bool]]
@@ -100,6 +101,11 @@ def split_header_block(data: bytes, defects: list[str]) -> tuple[list[tuple[str,
 
         if content[:1] in (b" ", b"\t"):
             _append_continuation(headers, line, defects)
+        elif headers and _UNINDENTED_PARAMETER.match(content):
+            # Some mailers wrap a long header without indenting the next
+            # line, which then starts with a parameter: name="offer.zip".
+            defects.append("unindented header continuation joined")
+            _append_continuation(headers, b" " + line, defects)
         else:
             match = _HEADER_LINE.match(content)
             if match is None:
@@ -193,7 +199,10 @@ def _split_children(part: Part, defects: list[str], depth: int) -> None:
 
 def _split_multipart(body: bytes, boundary: str, declared: str, defects: list[str]) -> list[bytes] | None:
     """Return the bodies between the boundary lines, or None if none appears."""
-    delimiter = re.compile(rb"^--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(--)?[ \t]*\r?$", re.M)
+    # Junk after a closing delimiter ("--b-->") is tolerated; an opening
+    # delimiter must stand alone, or "--b" would also match "--b-2".
+    escaped = re.escape(boundary.encode("utf-8", "surrogateescape"))
+    delimiter = re.compile(rb"^--" + escaped + rb"(?:(--)[^\r\n]*|[ \t]*)\r?$", re.M)
     matches = list(delimiter.finditer(body))
     opening = [match for match in matches if not match.group(1)]
 
@@ -265,6 +274,9 @@ def decode_payload(part: Part, defects: list[str]) -> bytes:
     encoding = transfer_encoding(part)
 
     if encoding == "base64":
+        if not _looks_like_base64(part.body):
+            defects.append(f"{part.content_type} part: declared base64 but is plain text, kept as is")
+            return part.body
         return decode_base64_chunks(part.body, defects, f"{part.content_type} part")
     if encoding == "quoted-printable":
         return binascii.a2b_qp(part.body)
@@ -273,6 +285,17 @@ def decode_payload(part: Part, defects: list[str]) -> bytes:
     if encoding not in ("7bit", "8bit", "binary"):
         defects.append(f"unknown Content-Transfer-Encoding {encoding!r}, body kept as is")
     return part.body
+
+
+def _looks_like_base64(body: bytes) -> bool:
+    """Tell whether most lines could be base64.
+
+    Mailers sometimes label plain text as base64. Base64 lines never contain
+    inner spaces, so a body where most lines do is text.
+    """
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    worded = sum(1 for line in lines if b" " in line or b"\t" in line)
+    return worded * 2 <= len(lines)
 
 
 def _decode_uuencode(body: bytes, defects: list[str]) -> bytes:

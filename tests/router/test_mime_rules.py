@@ -394,6 +394,40 @@ def test_parse_mail__multipart_closing_boundary_missing() -> None:
     assert "closing boundary of multipart/mixed missing" in mail.defects
 
 
+def test_parse_mail__junk_after_closing_boundary() -> None:
+    body = "--b1\nContent-Type: text/plain\n\nOnly this.\n--b1-->\nEpilogue that is not part of the text.\n"
+
+    mail = parse(MULTIPART, body)
+
+    assert mail.text == "Only this."
+    assert mail.defects == []
+
+
+def test_parse_mail__boundary_prefix_of_inner_boundary() -> None:
+    body = (
+        "--b1\nContent-Type: multipart/alternative; boundary=\"b1-2\"\n\n"
+        "--b1-2\nContent-Type: text/plain\n\nInner plain.\n"
+        "--b1-2--\n"
+        "--b1--\n"
+    )
+
+    assert parse(MULTIPART, body).text == "Inner plain."
+
+
+def test_parse_mail__unindented_header_continuation() -> None:
+    part = (
+        "--b1\nContent-Type: application/zip;\nname=\"logs.zip\"\n"
+        "Content-Transfer-Encoding: base64\n\nUEsDBA==\n--b1--\n"
+    )
+
+    mail = parse(MULTIPART, part)
+
+    [attachment] = mail.attachments
+    assert attachment.filename == "logs.zip"
+    assert attachment.data == b"PK\x03\x04"
+    assert "unindented header continuation joined" in mail.defects
+
+
 def test_parse_mail__alternative_bodies() -> None:
     body = (
         "--b2\nContent-Type: text/plain; charset=utf-8\n\nPlain version.\n"
@@ -460,6 +494,15 @@ def test_parse_mail__deep_nesting_stops() -> None:
     mail = parse(BASIC + 'Content-Type: multipart/mixed; boundary="n0"', opening + "deep\n" + closing)
 
     assert any("nesting deeper" in defect for defect in mail.defects)
+
+
+def test_parse_mail__plain_text_labelled_base64() -> None:
+    headers = BASIC + "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64"
+
+    mail = parse(headers, "Hello, this is not base64 at all.\nIt is plain text.\n")
+
+    assert mail.text == "Hello, this is not base64 at all.\nIt is plain text.\n"
+    assert "text/plain part: declared base64 but is plain text, kept as is" in mail.defects
 
 
 def test_decode_base64_chunks__separately_padded_lines() -> None:
