@@ -45,7 +45,7 @@ SENDER_NAME_STYLES = frozenset({"friendly", "professional"})
 AUTO_SUBMITTED_VALUES = frozenset({"auto-replied", "auto-generated"})
 DEFAULT_MAX_REFERENCES = 20
 
-# Headers that build_mail writes itself; extra_headers may not repeat them.
+# Headers that build_mail writes itself, so extra_headers may not repeat them.
 # Bcc is listed because a Bcc header in the sent bytes would reveal the
 # hidden recipients to everyone.
 _RESERVED_HEADERS = frozenset({
@@ -69,7 +69,7 @@ _DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 class Sender:
     """The inbox a mail is sent from, and the name shown to the customer.
 
-    ``sender_name_style`` "friendly" shows the agent ("Jane from Acme");
+    ``sender_name_style`` "friendly" shows the agent ("Jane from Acme"), and
     "professional" shows the business ("Acme"). Automatic mail has no agent,
     so its friendly name is the inbox name. ``locale`` picks the wording of the
     friendly name, for example "Acme 佐藤" in Japanese.
@@ -121,8 +121,8 @@ def validate_address(field: str, address: str) -> str:
         raise ValueError(f"invalid {field} {address!r}: expected exactly one '@'")
     if not address.isascii():
         raise ValueError(
-            f"invalid {field} {address!r}: contains non-ASCII characters; "
-            "write the domain in its xn-- form"
+            f"invalid {field} {address!r}: contains non-ASCII characters. "
+            "Write the domain in its xn-- form"
         )
 
     local_part, domain = address.split("@")
@@ -151,8 +151,8 @@ def make_message_id(domain: str) -> str:
     """Return a new Message-ID for ``domain``, without angle brackets.
 
     The form is "<26 base32 characters>.<Unix time in ms>@domain". The random
-    part has 128 bits, so ids do not collide across processes, and the id
-    carries no customer, conversation or inbox data.
+    part has 128 bits, so two processes create the same id with negligible
+    probability, and the id carries no customer, conversation or inbox data.
     """
     check_header_text("domain", domain)
     _validate_domain("domain", domain, domain)
@@ -249,7 +249,7 @@ def build_mail(
 
     ``to`` and ``cc`` list ``(display name, address)`` pairs, where the name
     may be empty or None. The body is multipart/alternative with ``text`` and
-    ``html``; when ``html`` is None it is made from ``text``. An ``html``
+    ``html``, and ``html`` is made from ``text`` when it is None. An ``html``
     without "<html" or "<!DOCTYPE" at its start is wrapped in a document.
 
     Message ids may be given with or without angle brackets. References keep
@@ -257,7 +257,7 @@ def build_mail(
     ``max_references`` by keeping the first (the thread root) and the newest.
 
     ``automatic`` marks greetings, out-of-hours notes and surveys so that
-    autoresponders do not answer them. Use ``auto_submitted="auto-generated"``
+    autoresponders do not reply to them. Use ``auto_submitted="auto-generated"``
     for automatic mail that does not answer a received mail, such as a survey.
 
     Raises HeaderInjectionError for a line break or NUL in any header value,
@@ -370,11 +370,11 @@ def _thread_references(
 
 
 def _automatic_fields(auto_submitted: str) -> list[str]:
-    """Return the header fields that keep autoresponders from answering.
+    """Return the header fields that keep autoresponders from replying.
 
-    Auto-Submitted (RFC 3834) is read by Sieve vacation and most helpdesks.
-    Exchange and Outlook read X-Auto-Response-Suppress instead. Precedence:
-    bulk is for older vacation programs that check nothing else.
+    Auto-Submitted is defined by RFC 3834, and Sieve vacation responders
+    (RFC 5230) do not reply to it. Exchange reads X-Auto-Response-Suppress.
+    Precedence: bulk is for older vacation programs that read only that.
     """
     return [
         f"Auto-Submitted: {auto_submitted}\r\n",
@@ -419,8 +419,8 @@ def _alternative_body(text: str, html: str | None, *, boundary_seed: str) -> tup
 
 
 def _boundary(seed: str, parts: Sequence[bytes]) -> bytes:
-    # "=_" never occurs in quoted-printable or base64 output, and the digest
-    # makes a clash with 7bit text unlikely; the loop rules it out.
+    # "=_" never occurs in quoted-printable or base64 output. A clash with
+    # 7bit text is unlikely, and the loop rules it out.
     for attempt in itertools.count():
         digest = hashlib.sha256(f"{seed}/{attempt}".encode("ascii")).hexdigest()[:32]
         boundary = f"=_{digest}".encode("ascii")

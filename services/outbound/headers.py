@@ -3,9 +3,9 @@
 compose.build_mail calls these functions to write subjects, display names,
 addresses and message ids as 7-bit header lines. Every line they return is at
 most 76 characters, the limit RFC 2047 sets for lines with encoded words, and
-every encoded word is at most 75 characters. The exception is one address or
-message id that is longer than a line by itself, because neither may be
-folded.
+every encoded word is at most 75 characters. The exceptions are an address, a
+message id or an ASCII word of an extra header that is longer than a line by
+itself, because none of them may be split.
 
 Only the words that need it are encoded, so "Re: 返信 [#123]" keeps "Re:" and
 "[#123]" readable in the raw mail and to filters that match on them.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,8 +25,8 @@ MAX_ENCODED_WORD_LENGTH = 75
 # "=?UTF-8?B?" and "?=" around the encoded text.
 _ENCODED_WORD_OVERHEAD = 12
 
-# Characters that end a line for str.splitlines() and for some mail clients,
-# plus NUL, which truncates the header in C-based mail software.
+# The characters str.splitlines() treats as line ends, and NUL, which C
+# string functions treat as the end of the text.
 LINE_BREAK_CHARACTERS = frozenset("\r\n\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 # RFC 5322 atext: the characters a display-name word may use unquoted.
@@ -36,6 +37,9 @@ _ATEXT = frozenset(
 # RFC 2047 section 5 (3): the characters that may stay literal in a Q-encoded
 # word anywhere, including in a display name.
 _Q_LITERAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!*+-/")
+
+
+_SPACE_RUN = re.compile(r"\s*[ \t]\s*")
 
 
 class HeaderInjectionError(ValueError):
@@ -57,8 +61,8 @@ def check_header_text(field: str, value: str) -> None:
             )
         if 0xD800 <= ord(character) <= 0xDFFF:
             raise ValueError(
-                f"invalid {field} {value!r}: contains the lone surrogate U+{ord(character):04X}; "
-                "decode the original bytes to text first"
+                f"invalid {field} {value!r}: contains the lone surrogate U+{ord(character):04X}. "
+                "Decode the original bytes to text first"
             )
 
 
@@ -138,19 +142,32 @@ def unstructured_header(name: str, value: str, *, encode_long_words: bool = True
 def address_header(name: str, mailboxes: Sequence[tuple[str, str]]) -> str:
     """Return a header field listing ``(display name, address)`` pairs.
 
-    Addresses must be validated before; this function only encodes names.
+    The caller validates the addresses, because this function only encodes names.
     """
     folder = _Folder(name)
     for index, (display_name, address) in enumerate(mailboxes):
+        check_header_text(f"{name} display name", display_name)
+        display_name = normalize_display_name(display_name)
         separator = "," if index < len(mailboxes) - 1 else ""
         if not display_name:
             folder.add_atom(address + separator)
             continue
 
-        check_header_text(f"{name} display name", display_name)
         _add_segments(folder, _phrase_segments(display_name, folder.next_atom_room), keep_whole=True)
         folder.add_atom(f"<{address}>{separator}")
     return folder.render()
+
+
+def normalize_display_name(display_name: str) -> str:
+    """Return ``display_name`` with each whitespace run that has a space or tab made one space.
+
+    Decoders disagree on such runs: CPython's parser (3.11) turns a run that
+    starts with a space or tab inside a display name into one space, even
+    when it goes on with U+00A0 or U+3000, while RFC 2047 decoders keep it.
+    One space reads the same everywhere. Whitespace without a space or tab,
+    such as the ideographic space in "山田　太郎", is kept.
+    """
+    return _SPACE_RUN.sub(" ", display_name).strip(" ")
 
 
 def atoms_header(name: str, atoms: Sequence[str]) -> str:
@@ -174,7 +191,8 @@ def _phrase_segments(display_name: str, first_room: int) -> list[_Segment]:
     """Split a display name into atoms, one quoted-string or encoded runs.
 
     An ASCII name with specials such as "Acme, Inc." becomes a quoted-string,
-    because an encoded word for plain ASCII scores as spam in some filters.
+    because spam filters score plain ASCII in an encoded word, for example
+    SpamAssassin's FROM_EXCESS_BASE64 rule.
     """
     words = display_name.split(" ")
     is_regular_ascii = (

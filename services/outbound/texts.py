@@ -7,9 +7,10 @@ compose.build_mail. compose also uses text_to_html for replies that have no
 HTML of their own, and friendly_sender_name for the From display name.
 
 Templates are plain text with placeholders such as ``{inbox_name}``. A line
-whose placeholder is empty or not given is removed, so a template can hold
-optional lines: the help-center line disappears for an inbox without a help
-center, and the salutation for a customer whose name is unknown.
+with a placeholder that is empty, or one of PLACEHOLDERS that is not given,
+is removed. So a template can hold optional lines: the help-center line
+disappears for an inbox without a help center, and the salutation for a
+customer whose name is unknown.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ _URL_TRAILING_PUNCTUATION = ".,;:!?'"
 
 _LINK = re.compile(_URL.pattern + "|" + "|".join(re.escape("{" + name + "}") for name in URL_PLACEHOLDERS))
 
-# The line an empty text line becomes in HTML, as Gmail and Outlook write it.
+# The line an empty text line becomes in HTML, as Gmail's editor writes it.
 _HTML_BLANK_LINE = "<div><br></div>"
 
 _Escape = Callable[[str], str]
