@@ -1,8 +1,9 @@
 """Tests of messagehub.localstack: ManagedProcess, the SMTP sink and the full stack.
 
 The tests marked ``stack`` start a real LocalStack (Kafka, PostgreSQL,
-Dovecot, SMTP sink) on port base 37000 in a fresh state dir under
-/var/tmp/messagehub, so they need root and deploy/local/install.sh.
+Dovecot, SMTP sink) on port base 37000 (or MESSAGEHUB_LOCALSTACK_TEST_PORT_BASE,
+so that two runs on one machine can use different ports) in a fresh state
+dir under /var/tmp/messagehub, so they need root and deploy/local/install.sh.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from messagehub.localstack import (
 
 logger = logging.getLogger(__name__)
 
-PORT_BASE = 37000
+PORT_BASE = int(os.environ.get("MESSAGEHUB_LOCALSTACK_TEST_PORT_BASE", "37000"))
 
 MESSAGE = (
     b"From: Ada <ada@example.com>\r\n"
@@ -113,7 +114,7 @@ def test_managed_process__start_twice_keeps_pid(tmp_path: Path) -> None:
     try:
         first_pid = process.pid
 
-        # A second object stands for a later command that reads the pid file.
+        # A second object plays the part of a later command that reads the pid file.
         make_sleeper(tmp_path).start()
 
         assert process.pid == first_pid
@@ -313,14 +314,14 @@ def process_group_members(leader_pids: set[int]) -> set[int]:
 
 @pytest.mark.stack
 def test_stack__addresses(running_stack: LocalStack) -> None:
-    assert running_stack.kafka_bootstrap == "127.0.0.1:37092"
-    assert running_stack.kafka_controller_port == 37093
+    assert running_stack.kafka_bootstrap == f"127.0.0.1:{PORT_BASE + 92}"
+    assert running_stack.kafka_controller_port == PORT_BASE + 93
     assert running_stack.database_url.startswith("postgresql://messagehub:")
-    assert running_stack.database_url.endswith("@127.0.0.1:37432/messagehub")
+    assert running_stack.database_url.endswith(f"@127.0.0.1:{PORT_BASE + 432}/messagehub")
     assert running_stack.imap_host == "127.0.0.1"
-    assert running_stack.imap_port == 37143
-    assert running_stack.imaps_port == 37993
-    assert running_stack.smtp_sink_port == 37025
+    assert running_stack.imap_port == PORT_BASE + 143
+    assert running_stack.imaps_port == PORT_BASE + 993
+    assert running_stack.smtp_sink_port == PORT_BASE + 25
     assert running_stack.imap_ca_file.is_file()
 
 
@@ -342,10 +343,10 @@ def test_stack__status_all_running(running_stack: LocalStack) -> None:
     for name, entry in status.items():
         assert entry["running"], name
         assert isinstance(entry["pid"], int), name
-    assert status["kafka"]["address"] == "127.0.0.1:37092"
-    assert status["postgresql"]["address"] == "127.0.0.1:37432"
-    assert status["dovecot"]["address"] == "127.0.0.1:37143"
-    assert status["smtp-sink"]["address"] == "127.0.0.1:37025"
+    assert status["kafka"]["address"] == f"127.0.0.1:{PORT_BASE + 92}"
+    assert status["postgresql"]["address"] == f"127.0.0.1:{PORT_BASE + 432}"
+    assert status["dovecot"]["address"] == f"127.0.0.1:{PORT_BASE + 143}"
+    assert status["smtp-sink"]["address"] == f"127.0.0.1:{PORT_BASE + 25}"
 
 
 @pytest.mark.stack
@@ -358,7 +359,7 @@ def test_kafka__describe_and_create_topic(running_stack: LocalStack) -> None:
     finally:
         admin.close()
 
-    assert [broker["port"] for broker in cluster["brokers"]] == [37092]
+    assert [broker["port"] for broker in cluster["brokers"]] == [PORT_BASE + 92]
     assert result["topics"][0]["error_code"] == 0
     assert "localstack.test" in topics
 
@@ -488,7 +489,7 @@ def test_stack__stop_ends_processes_and_keeps_data(running_stack: LocalStack) ->
 def test_stack__other_port_base_rejected(running_stack: LocalStack) -> None:
     other = LocalStack(running_stack.state_dir, PORT_BASE + 1000)
 
-    with pytest.raises(LocalStackError, match="port base 37000"):
+    with pytest.raises(LocalStackError, match=f"port base {PORT_BASE}"):
         other.start()
 
 
