@@ -6,7 +6,7 @@ because its results depend on malformations: a multipart part whose boundary
 never appears comes back with a string payload, and its base64 decoder stops
 at the first padded chunk. This module splits the raw bytes itself, keeps
 the exact bytes of every part (so a forwarded message/rfc822 part can be
-stored whole), records repairs as defects and never raises on malformed
+stored whole), and records repairs as defects instead of raising on malformed
 input. ``mime.parse_mail`` and the bounce parser call it.
 """
 
