@@ -52,6 +52,32 @@ class Settings:
         "127.0.0.1", "SMTP relay for inboxes without SMTP settings of their own.")
     relay_smtp_port: int = _setting(25, "Port of the SMTP relay.")
     smtp_timeout_seconds: float = _setting(30.0, "Timeout of each SMTP connection and command.")
+    relay_smtp_encryption: str = _setting(
+        "auto", "TLS of the relay: auto (implicit TLS on port 465, STARTTLS otherwise), tls, "
+        "starttls, or none (plaintext, for a relay on a loopback address).")
+    relay_smtp_username: str = _setting("", "Login at the relay; empty means no AUTH.")
+    relay_smtp_password: str = _setting("", "Password at the relay; keep it in a Secret.")
+    smtp_greeting_timeout_seconds: float = _setting(
+        10.0, "Time to wait for a server's SMTP greeting after connecting; a server that accepts "
+        "the connection but stays silent usually expects implicit TLS.")
+    smtp_max_attempts: int = _setting(
+        8, "Attempts of one send on temporary SMTP failures, with exponential backoff.")
+    smtp_first_backoff_seconds: float = _setting(
+        1.0, "Wait before the second attempt of a send; it doubles per attempt, up to 60 s.")
+    tls_ca_file: str = _setting(
+        "", "PEM file of extra CA certificates trusted for SMTP and IMAP, besides the system's.")
+    outbound_max_sends_per_minute: int = _setting(
+        120, "Mails one inbox may send per minute when its SMTP settings do not say otherwise.")
+    auto_mail_max_per_conversation: int = _setting(
+        5, "Automatic mails (greeting, out-of-hours note, survey) one recipient gets per "
+        "conversation, at most.")
+    auto_mail_max_per_recipient_hour: int = _setting(
+        3, "Automatic mails one recipient gets from one inbox per hour, at most.")
+    public_base_url: str = _setting(
+        "", "Base URL at which customers reach the API, for survey links; empty means "
+        "http://API_HOST:API_PORT.")
+    csat_survey_valid_days: int = _setting(
+        30, "Days a satisfaction survey link can be answered after the mail was sent.")
 
     metrics_host: str = _setting("127.0.0.1", "Address the /metrics endpoint binds.")
     metrics_port: int = _setting(9100, "Port of this service's /metrics endpoint.")
@@ -62,6 +88,9 @@ class Settings:
 
     secret_key: str = _setting(
         "", "Server secret (at least 32 characters) for reply tokens; keep it in a Secret.")
+    encryption_keys: str = _setting(
+        "", "Fernet keys, comma separated, newest first, that encrypt stored IMAP and SMTP "
+        "passwords; keep them in a Secret.")
 
     log_level: str = _setting("INFO", "Level of the root logger: DEBUG, INFO, WARNING or ERROR.")
     faust_data_dir: str = _setting(
@@ -69,11 +98,17 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("topic_partitions", "ingest_smtp_port", "relay_smtp_port",
-                     "metrics_port", "api_port", "ingest_max_message_bytes"):
+                     "metrics_port", "api_port", "ingest_max_message_bytes",
+                     "smtp_max_attempts", "outbound_max_sends_per_minute",
+                     "auto_mail_max_per_conversation", "auto_mail_max_per_recipient_hour",
+                     "csat_survey_valid_days", "smtp_greeting_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be > 0")
         if self.secret_key and len(self.secret_key) < 32:
             raise SettingsError(f"{ENV_PREFIX}SECRET_KEY must be at least 32 characters")
+        if self.relay_smtp_encryption not in ("auto", "tls", "starttls", "none"):
+            raise SettingsError(f"{ENV_PREFIX}RELAY_SMTP_ENCRYPTION is invalid: "
+                                f"{self.relay_smtp_encryption!r}: use auto, tls, starttls or none")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL is invalid: {self.log_level!r}")
 
