@@ -6,11 +6,14 @@ sets up logging and ``/metrics``, builds the faust app with one agent over
 the source topics, opens the database pool on the worker's event loop, and
 runs the outbox relay's sweep beside the agent. Faust handles SIGTERM: the
 agent finishes its batch, offsets are committed and the worker leaves the
-consumer group.
+consumer group. The metrics port also serves ``/healthz`` (the worker's event
+loop beats) and ``/readyz`` (the stage has opened its database pool and its
+consumer has joined the group), see :mod:`messagehub.stage_monitor`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +21,9 @@ from pathlib import Path
 import faust
 from psycopg_pool import AsyncConnectionPool
 
-from messagehub import db, logs, metrics, outbox
+from messagehub import db, health, logs, metrics, outbox
 from messagehub.settings import Settings
+from messagehub.stage_monitor import StageMonitor
 from messagehub.worker import BatchProcessor, Stage, create_app, kafka_sender, raw_topic, run_agent
 
 log = logging.getLogger(__name__)
@@ -31,12 +35,15 @@ class _StageRuntime:
     """The database pool and the outbox relay, created once on the worker's loop."""
 
     def __init__(self, app: faust.App, settings: Settings, stage: Stage,
-                 dead_letter_topic: str) -> None:
+                 dead_letter_topic: str, process_health: health.Health) -> None:
         self._app = app
         self._settings = settings
         self._stage = stage
         self._dead_letter_topic = dead_letter_topic
         self._sensor = metrics.StageMetrics(stage.name)
+        app.sensors.add(StageMonitor(self._sensor, process_health))
+        self._started = process_health.condition(
+            "stage", reason="database schema and pool not ready yet")
         self.pool: AsyncConnectionPool | None = None
         self.relay: outbox.OutboxRelay | None = None
         self.processor: BatchProcessor | None = None
@@ -54,6 +61,7 @@ class _StageRuntime:
             self.processor = BatchProcessor(
                 stage=self._stage, pool=self.pool, relay=self.relay,
                 dead_letter_topic=self._dead_letter_topic, sensor=self._sensor)
+            self._started.set()
             log.info("%s: started, consuming with batches into the database", self._stage.name)
         return self.processor
 
@@ -66,11 +74,13 @@ def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,
                       source_topics: Sequence[str], dead_letter_topic: str) -> None:
     """Run ``stage`` as a faust worker until SIGTERM or SIGINT."""
     logs.setup(settings.log_level)
-    metrics.serve(settings.metrics_host, settings.metrics_port)
+    process_health = metrics.serve(settings.metrics_host, settings.metrics_port)
+    loop_beat = process_health.heartbeat("event loop",
+                                         stale_after_seconds=health.LOOP_STALE_SECONDS)
 
     Path(settings.faust_data_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(app_id, settings)
-    runtime = _StageRuntime(app, settings, stage, dead_letter_topic)
+    runtime = _StageRuntime(app, settings, stage, dead_letter_topic, process_health)
     source = raw_topic(app, source_topics[0]) if len(source_topics) == 1 else app.topic(
         *source_topics, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw")
@@ -79,6 +89,10 @@ def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,
     @app.timer(interval=OUTBOX_SWEEP_SECONDS)
     async def sweep_outbox() -> None:
         await runtime.sweep()
+
+    @app.task
+    async def watch_event_loop() -> None:
+        health.watch_event_loop(asyncio.get_running_loop(), loop_beat)
 
     log.info("%s: consuming %s, metrics on %s:%d", stage.name, ", ".join(source_topics),
              settings.metrics_host, settings.metrics_port)

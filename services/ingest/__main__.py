@@ -12,7 +12,7 @@ import signal
 
 from aiosmtpd.smtp import SMTP
 
-from messagehub import db, logs, metrics
+from messagehub import db, health, logs, metrics
 from messagehub import settings as settings_module
 from messagehub.settings import Settings
 from services.ingest.directory import PostgresInboxDirectory
@@ -24,8 +24,10 @@ from services.ingest.store import PostgresRawMailStore
 log = logging.getLogger("services.ingest")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, process_health: health.Health | None = None) -> None:
     """Run the receiver until SIGTERM or SIGINT, then drain and close."""
+    process_health = process_health or health.Health()
+    listening = process_health.condition("smtp receiver", reason="not listening yet")
     pool = await db.open_pool(settings.database_url, max_size=8)
     publisher = MailPublisher(settings.kafka_bootstrap)
     handler = ForwardingHandler(directory=PostgresInboxDirectory(pool),
@@ -39,6 +41,9 @@ async def serve(settings: Settings) -> None:
         host=settings.ingest_smtp_host, port=settings.ingest_smtp_port)
     log.info("ingest: forwarding receiver listening on %s:%d",
              settings.ingest_smtp_host, settings.ingest_smtp_port)
+    listening.set()
+    health.watch_event_loop(loop, process_health.heartbeat(
+        "event loop", stale_after_seconds=health.LOOP_STALE_SECONDS))
 
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -46,6 +51,7 @@ async def serve(settings: Settings) -> None:
     await stopping.wait()
 
     log.info("ingest: stopping, no new connections")
+    listening.clear("stopping")
     server.close()
     await server.wait_closed()
     publisher.close()
@@ -56,8 +62,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = settings_module.load()
     logs.setup(settings.log_level)
-    metrics.serve(settings.metrics_host, settings.metrics_port)
-    asyncio.run(serve(settings))
+    process_health = metrics.serve(settings.metrics_host, settings.metrics_port)
+    asyncio.run(serve(settings, process_health))
 
 
 if __name__ == "__main__":
