@@ -101,8 +101,16 @@ class ForwardingClient:
 
     def send(self, mail: SourceMail) -> None:
         raw = _to_crlf(mail.raw)
+        sender = envelope_sender(raw)
+        options: list[str] = []
+        if not sender.isascii():
+            # An internationalised address needs SMTPUTF8, which ingest offers.
+            options.append("SMTPUTF8")
+        if any(char.isspace() or char in "<>" for char in sender):
+            # A From header too broken to be an envelope address: send as <>.
+            sender = ""
         with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as smtp:
-            smtp.sendmail(envelope_sender(raw), [self._forwarding_address], raw)
+            smtp.sendmail(sender, [self._forwarding_address], raw, mail_options=options)
 
 
 def import_paths(paths: list[Path], client: ForwardingClient, *,
@@ -114,7 +122,7 @@ def import_paths(paths: list[Path], client: ForwardingClient, *,
     def send(mail: SourceMail) -> tuple[SourceMail, str | None]:
         try:
             client.send(mail)
-        except (smtplib.SMTPException, OSError) as exc:
+        except (smtplib.SMTPException, OSError, UnicodeError) as exc:
             return mail, f"{type(exc).__name__}: {exc}"
         return mail, None
 
