@@ -98,4 +98,6 @@ def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,
              settings.metrics_host, settings.metrics_port)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False)
+    # The start-up spinner writes terminal escapes into the service's log file.
+    worker.spinner = None
     worker.execute_from_commandline()
