@@ -9,6 +9,11 @@ the ``.avsc`` files in ``schemas/``; a value on the wire is
 so a subscriber in any language can decode it with those files alone and no
 schema registry. fastavro does the encoding: it is several times faster than
 the ``avro`` package, which the schema compatibility checks still use.
+
+Values written with an earlier released version of a schema (kept in
+``schemas/released/``) still decode: the body is read with that version as
+the writer's schema and resolved to the current one, so fields added since
+then take their defaults.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+RELEASED_DIR = SCHEMAS_DIR / "released"
 NAMESPACE = "messagehub.events"
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -46,21 +53,30 @@ class RecordSchema:
     fingerprint: bytes
 
 
+def _load(path: Path) -> RecordSchema:
+    parsed = fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
+    canonical = to_parsing_canonical_form(parsed)
+    record_fingerprint = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+    short_name = parsed["name"].rsplit(".", 1)[-1]
+    return RecordSchema(short_name, parsed, record_fingerprint)
+
+
 @cache
 def _schemas() -> dict[str, RecordSchema]:
     by_name: dict[str, RecordSchema] = {}
     for path in sorted(SCHEMAS_DIR.glob("*.avsc")):
-        parsed = fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
-        canonical = to_parsing_canonical_form(parsed)
-        record_fingerprint = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-        short_name = parsed["name"].rsplit(".", 1)[-1]
-        by_name[short_name] = RecordSchema(short_name, parsed, record_fingerprint)
+        schema = _load(path)
+        by_name[schema.name] = schema
     return by_name
 
 
 @cache
 def _schemas_by_fingerprint() -> dict[bytes, RecordSchema]:
-    return {schema.fingerprint: schema for schema in _schemas().values()}
+    """Return every schema a value may have been written with: released and current."""
+    by_fingerprint = {schema.fingerprint: schema
+                      for schema in map(_load, sorted(RELEASED_DIR.glob("*.avsc")))}
+    by_fingerprint.update((schema.fingerprint, schema) for schema in _schemas().values())
+    return by_fingerprint
 
 
 def schema_names() -> list[str]:
@@ -91,8 +107,13 @@ def decode(value: bytes) -> tuple[str, dict[str, Any]]:
     if schema is None:
         raise CodecError(f"unknown schema fingerprint: {value[2:HEADER_SIZE].hex()}")
 
+    # An older writer's schema is resolved to the current reader's schema.
+    current = _schemas().get(schema.name, schema)
+    reader = None if current.fingerprint == schema.fingerprint else current.parsed
     try:
-        record = fastavro.schemaless_reader(io.BytesIO(value[HEADER_SIZE:]), schema.parsed, None)
-    except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        record = fastavro.schemaless_reader(io.BytesIO(value[HEADER_SIZE:]), schema.parsed,
+                                            reader)
+    except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError,
+            SchemaResolutionError) as exc:
         raise CodecError(f"{schema.name} body cannot be read: {exc!r}") from None
     return schema.name, record

@@ -10,7 +10,12 @@ from messagehub import ids
 CONVERSATION_EVENT_FIELDS = (
     "status", "previous_status", "contact_id", "contact_email", "subject", "message_id",
     "rfc_message_id", "direction", "message_kind", "mail_received_at", "assignee_id",
-    "previous_assignee_id", "reason")
+    "previous_assignee_id", "reason",
+    # Added in version 2 of the schema.
+    "agent_id", "request_id", "csat_rating", "csat_comment", "error_class", "smtp_code",
+    "error_detail")
+# Version of schemas/ConversationEvent.avsc; the contract tests keep the two equal.
+CONVERSATION_EVENT_SCHEMA_VERSION = 2
 
 
 def conversation_event(event_type: str, *, fact: str, inbox_id: str, conversation_id: str,
@@ -33,6 +38,6 @@ def conversation_event(event_type: str, *, fact: str, inbox_id: str, conversatio
         "occurred_at": occurred_at or datetime.now(timezone.utc),
         "inbox_id": inbox_id,
         "conversation_id": conversation_id,
-        "schema_version": 1,
+        "schema_version": CONVERSATION_EVENT_SCHEMA_VERSION,
     })
     return record
