@@ -135,6 +135,21 @@ def cmd_conversation_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_thread_eval(args: argparse.Namespace) -> int:
+    from services.router import thread_eval
+
+    try:
+        report = thread_eval.run(Path(args.dir), stackctl.stack_info())
+    except (thread_eval.ThreadEvalError, TimeoutError) as exc:
+        sys.stderr.write(f"messagehub: thread-eval: {exc}\n")
+        return 2
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        sys.stdout.write(thread_eval.format_report(report))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from messagehub import demo
 
@@ -201,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", help="conversation id")
     show.add_argument("--json", action="store_true", help="print as JSON")
     show.set_defaults(func=cmd_conversation_show)
+
+    thread_eval = commands.add_parser(
+        "thread-eval", help="import a corpus into a scratch inbox and score the threading")
+    thread_eval.add_argument("dir", help="folder of .eml files with a threads.json "
+                                         "(file name to thread label)")
+    thread_eval.add_argument("--json", action="store_true", help="print the scores as JSON")
+    thread_eval.set_defaults(func=cmd_thread_eval)
 
     demo = commands.add_parser("demo", help="run messagehub end to end on sample mail")
     demo.add_argument("--mail", help="your own Maildir, mbox file or folder of .eml instead")

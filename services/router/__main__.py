@@ -16,7 +16,8 @@ from services.router.stage import RouterStage
 def main() -> None:
     settings = settings_module.load()
     stage = RouterStage(secret_key=settings_module.require_secret_key(settings),
-                        inbound_domain=settings.inbound_domain)
+                        inbound_domain=settings.inbound_domain,
+                        message_id_domain=settings.message_id_domain)
     run_stage_service("messagehub-router", settings, stage,
                       source_topics=[topics.MAIL_RECEIVED, topics.MAIL_SENT],
                       dead_letter_topic=topics.ROUTER_DEAD_LETTER)

@@ -55,7 +55,8 @@ def is_sane_id(candidate: str) -> bool:
     quotes or controls. Square brackets and dots are allowed because
     Exchange writes ids such as ``[hex-base64]@host``.
     """
-    if not candidate or len(candidate) > _MAX_ID_LENGTH or not candidate.isprintable():
+    # The byte length bounds what PostgreSQL must index as a dedup key.
+    if not candidate or not candidate.isprintable() or len(candidate.encode("utf-8")) > _MAX_ID_LENGTH:
         return False
     if _DISALLOWED_IN_ID.search(candidate):
         return False
@@ -87,6 +88,36 @@ def extract_ids(value: str) -> list[str]:
     if is_sane_id(bare):
         return [bare]
     return []
+
+
+# nmh and exmh write "Message from Name <address> of Date" in
+# In-Reply-To: the bracketed value after "from" is the author's address.
+_FROM_PHRASE = re.compile(r"\bfrom\b[^<>]*$", re.I)
+
+
+def extract_reply_ids(value: str, own_addresses: set[str]) -> list[str]:
+    """Extract the ids of an In-Reply-To or References value, leaving out addresses.
+
+    A bracketed value that follows "from ..." or that is one of the mail's
+    own addresses (``own_addresses``, lowercased) names a person, not a
+    message, so threading on it would join unrelated mail from that person.
+    """
+    text = _strip_comments(unfold(value))
+    ids: list[str] = []
+    position = 0
+
+    for match in _BRACKETED_ID.finditer(text):
+        preceding = text[position : match.start()]
+        position = match.end()
+        candidate = match.group(1).strip()
+        if _FROM_PHRASE.search(preceding) or candidate.lower() in own_addresses:
+            continue
+        if is_sane_id(candidate) and candidate not in ids:
+            ids.append(candidate)
+
+    if "<" in text:
+        return ids
+    return [bare for bare in extract_ids(text) if bare.lower() not in own_addresses]
 
 
 def _strip_comments(text: str) -> str:

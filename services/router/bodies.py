@@ -10,6 +10,7 @@ reach a browser, ``html_to_text`` serves mail without a plain-text part, and
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from html.parser import HTMLParser
 from urllib.parse import unquote
 
@@ -155,17 +156,28 @@ _EXTRA_ATTRIBUTES = {
 }
 
 
-def sanitize_html(html: str) -> str:
-    """Remove scripts, event handlers and unsafe URLs; keep layout and cid: images."""
+def sanitize_html(html: str, cid_urls: Mapping[str, str] | None = None) -> str:
+    """Remove scripts, event handlers and unsafe URLs; keep layout and cid: images.
+
+    With ``cid_urls`` (content id to URL), the src of an image that refers
+    to one of those content ids is replaced by its URL in the same pass;
+    other cid: references stay as they are.
+    """
     attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
     for tag, names in _EXTRA_ATTRIBUTES.items():
         attributes.setdefault(tag, set()).update(names)
+
+    def rewrite_cid(tag: str, attribute: str, value: str) -> str:
+        if tag == "img" and attribute == "src" and value[:4].lower() == "cid:" and cid_urls:
+            return cid_urls.get(unquote(value[4:]), value)
+        return value
 
     return nh3.clean(
         html,
         tags=set(nh3.ALLOWED_TAGS) | {"font"},
         clean_content_tags={"script", "style", "title"},
         attributes=attributes,
+        attribute_filter=rewrite_cid if cid_urls else None,
         url_schemes=_URL_SCHEMES,
         filter_style_properties=_STYLE_PROPERTIES,
     )

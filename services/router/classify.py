@@ -77,17 +77,46 @@ def read_precedence(root: Part, defects: list[str]) -> str | None:
 
 
 def read_list_id(root: Part, defects: list[str]) -> str | None:
-    """Return the List-Id identifier, the part in angle brackets when there is one."""
+    """Return the lowercased identity of the mailing list that delivered the mail, None when none did.
+
+    List-Id (RFC 2919) is preferred: its part in angle brackets, or the
+    whole value. List managers without it are recognised by the headers
+    they do add: List-Post (RFC 2369), Mailman 2's X-BeenThere, ezmlm's
+    "Delivered-To: mailing list <address>" and "Mailing-List: contact
+    <list>-help@<host>", and X-Mailing-List. Those give the list's address.
+    """
     text = root.header_text("list-id", defects)
-    if text is None:
-        return None
-    match = re.search(r"<([^<>]+)>", text)
-    value = (match.group(1) if match else text).strip()
-    return value or None
+    if text is not None:
+        match = re.search(r"<([^<>]+)>", text)
+        value = (match.group(1) if match else text).strip().lower()
+        if value:
+            return value
+    return _list_address(root, defects)
 
 
-def _is_list_mail(root: Part, precedence: str | None) -> bool:
-    return root.header("list-id") is not None or root.header("list-post") is not None or precedence == "list"
+_MAILTO = re.compile(r"<mailto:([^<>?\s]+@[^<>?\s]+)", re.I)
+_ADDRESS = re.compile(r"([^<>\s;,:]+@[^<>\s;,]+)")
+
+
+def _list_address(root: Part, defects: list[str]) -> str | None:
+    match = _MAILTO.search(root.header_text("list-post", defects) or "")
+    if match:
+        return match.group(1).lower()
+
+    for name in ("x-beenthere", "x-mailing-list"):
+        match = _ADDRESS.search(root.header_text(name, defects) or "")
+        if match:
+            return match.group(1).strip(".").lower()
+
+    for raw in root.header_values("delivered-to"):
+        text = raw.decode("ascii", "replace").strip()
+        if text.lower().startswith("mailing list "):
+            return text[len("mailing list "):].strip().lower() or None
+
+    match = re.search(r"contact\s+([^@\s]+)-help@([^\s;]+)", root.header_text("mailing-list", defects) or "", re.I)
+    if match:
+        return f"{match.group(1)}@{match.group(2)}".lower()
+    return None
 
 
 _FORWARDING_SENDER = "forwarding-noreply"
@@ -129,6 +158,7 @@ def classify_kind(
     confirmation: ForwardingConfirmation | None,
     auto_submitted: bool,
     precedence: str | None,
+    list_id: str | None,
 ) -> str:
     """Return the kind of mail; the more specific system kinds win.
 
@@ -139,7 +169,7 @@ def classify_kind(
         return "forwarding_confirmation"
     if bounce is not None:
         return "bounce"
-    if _is_list_mail(root, precedence):
+    if list_id is not None or precedence == "list":
         return "list"
     if auto_submitted:
         return "auto_reply"

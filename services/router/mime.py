@@ -20,7 +20,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.router.addresses import Address, extract_ids, normalize_email, parse_address, parse_addresses
+from services.router.addresses import (
+    Address,
+    extract_ids,
+    extract_reply_ids,
+    normalize_email,
+    parse_address,
+    parse_addresses,
+)
 from services.router.bodies import cid_references, html_to_text, normalize_text, sanitize_html, strip_quoted
 from services.router.bounces import Bounce, read_bounce
 from services.router.classify import (
@@ -89,6 +96,11 @@ def _distinct(defects: list[str]) -> list[str]:
 def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
     root = parse_part(raw, defects)
     from_ = _address_header(root, "from", defects)
+    sender = _address_header(root, "sender", defects)
+    reply_to = _address_list(root, "reply-to", defects)
+    to = _address_list(root, "to", defects)
+    cc = _address_list(root, "cc", defects)
+    own_addresses = {a.email.lower() for a in [*filter(None, [from_, sender]), *reply_to, *to, *cc]}
     return_path = _return_path(root, defects)
     subject = _text_header(root, "subject", defects)
 
@@ -109,14 +121,14 @@ def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
 
     return ParsedMail(
         message_id=_message_id(root, defects),
-        in_reply_to=_ids(root, "in-reply-to", defects),
-        references=_ids(root, "references", defects),
+        in_reply_to=_reply_ids(root, "in-reply-to", own_addresses, defects),
+        references=_reply_ids(root, "references", own_addresses, defects),
         subject=subject,
         from_=from_,
-        sender=_address_header(root, "sender", defects),
-        reply_to=_address_list(root, "reply-to", defects),
-        to=_address_list(root, "to", defects),
-        cc=_address_list(root, "cc", defects),
+        sender=sender,
+        reply_to=reply_to,
+        to=to,
+        cc=cc,
         return_path=return_path,
         delivered_to=_email_list(root, "delivered-to", defects),
         x_forwarded_to=_email_list(root, "x-forwarded-to", defects),
@@ -126,7 +138,7 @@ def _parse(raw: bytes, defects: list[str]) -> ParsedMail:
         new_text=strip_quoted(text),
         html=sanitize_html(html_source) if html_source is not None else None,
         attachments=attachments,
-        kind=classify_kind(root, bounce, confirmation, auto_submitted, precedence),
+        kind=classify_kind(root, bounce, confirmation, auto_submitted, precedence, list_id),
         auto_submitted=auto_submitted,
         precedence=precedence,
         list_id=list_id,
@@ -189,10 +201,11 @@ def _message_id(root: Part, defects: list[str]) -> str | None:
     return None
 
 
-def _ids(root: Part, name: str, defects: list[str]) -> list[str]:
+def _reply_ids(root: Part, name: str, own_addresses: set[str], defects: list[str]) -> list[str]:
     ids: list[str] = []
     for raw in root.header_values(name):
-        for message_id in extract_ids(decode_raw(raw, defects, f"{name.title()} header")):
+        text = decode_raw(raw, defects, f"{name.title()} header")
+        for message_id in extract_reply_ids(text, own_addresses):
             if message_id not in ids:
                 ids.append(message_id)
     return ids

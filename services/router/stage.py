@@ -1,19 +1,38 @@
-"""The router stage: a stored mail becomes a message in a conversation.
+"""The router stage: a stored mail becomes a message in the right conversation.
 
-:class:`RouterStage` is applied by the shared batch loop to each record of
-``mail.received`` and ``mail.sent``, inside the batch's transaction. For an
-incoming mail it reads the raw bytes from the store, parses them, drops a
-duplicate (same inbox and Message-ID, or same raw digest when the id is
-missing), threads the mail, writes contact, conversation and message rows,
-and queues the conversation events in the outbox. For a sent mail it records
-the outgoing message, so that replies to it thread.
+The shared batch loop (``messagehub.worker``) applies :class:`RouterStage`
+to each record of ``mail.received`` and ``mail.sent``, all records of one
+poll in one transaction, so the rows written here and the events queued in
+the outbox commit together or not at all.
+
+For an incoming mail the stage reads the raw bytes from the store, parses
+them, and drops a copy it already holds (same inbox and Message-ID, or the
+raw digest when the id is missing or unusable). Provider forwarding
+confirmations become notices for admins. Otherwise the mail is threaded by
+the rules of ``threader`` (reply token, In-Reply-To, References newest
+first, own Message-ID, subject fallback, each checked for trust); a bounce
+or an automatic reply that no conversation takes becomes a notice, because
+it is nobody's request. The stage then writes the contact, the conversation
+(new, reopened, or a successor of one resolved longer ago than the inbox
+allows), the message with its attachments, the thread keys and the
+participants, and queues the conversation events.
+
+For a sent mail it records the outgoing message, so that replies to it
+thread.
+
+Inline images are served by the API under :func:`attachment_url`; their
+``cid:`` references in the stored HTML are rewritten to that URL, and the
+decoded bytes of every attachment are kept in the raw store under their
+SHA-256.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -21,10 +40,18 @@ from psycopg import AsyncConnection
 from messagehub import ids, outbox, topics
 from messagehub.events import conversation_event
 from messagehub.worker import StageError
-from services.router import threader
-from services.router.mime import ParsedMail, parse_mail
+from services.router import rows, threader
+from services.router.bodies import sanitize_html
+from services.router.mime import Attachment, ParsedMail, parse_mail
+from services.router.threader import Candidate, Parties
 
 log = logging.getLogger(__name__)
+
+# Kinds written by a person: they reopen a resolved conversation.
+REOPENING_KINDS = frozenset({"customer", "list"})
+# Kinds that answer something: when no conversation takes them, nobody asked
+# for anything, so they go to the notices instead of the agents' queue.
+NOTICE_WHEN_UNMATCHED = frozenset({"bounce", "auto_reply"})
 
 
 class RawMailMissing(StageError):
@@ -35,12 +62,36 @@ class UnknownInbox(StageError):
     """An event names an inbox that does not exist (deleted, or a bad producer)."""
 
 
+class UnknownConversation(StageError):
+    """A sent-mail event names a conversation that does not exist."""
+
+
+def dedup_key_of(mail: ParsedMail, raw_sha256: str) -> str:
+    """Return the per-inbox deduplication key: the Message-ID, else the raw digest."""
+    return mail.message_id or f"sha256:{raw_sha256}"
+
+
+def attachment_url(message_id: str, sha256: str) -> str:
+    """Return the API path that serves one attachment of a message."""
+    return f"/v1/messages/{message_id}/attachments/{sha256}"
+
+
+@dataclass
+class Placement:
+    """Where an incoming mail goes, as decided by threading."""
+
+    conversation: rows.Row | None  # None: a new conversation
+    rule: str  # a threader.RULE_* name
+    supersedes: rows.Row | None = None  # the resolved conversation a successor replaces
+
+
 class RouterStage:
     name = "router"
 
-    def __init__(self, *, secret_key: str, inbound_domain: str) -> None:
+    def __init__(self, *, secret_key: str, inbound_domain: str, message_id_domain: str) -> None:
         self._secret_key = secret_key
-        self._inbound_domain = inbound_domain
+        self._inbound_domain = inbound_domain.lower()
+        self._message_id_domain = message_id_domain.lower()
 
     async def apply(self, conn: AsyncConnection[Any], record_name: str,
                     record: dict[str, Any]) -> None:
@@ -54,85 +105,192 @@ class RouterStage:
     # --- incoming mail -------------------------------------------------
 
     async def _route_incoming(self, conn: AsyncConnection[Any], record: dict[str, Any]) -> None:
-        inbox_id = record["inbox_id"]
-        raw = await _load_raw(conn, record["raw_sha256"])
-        await _require_inbox(conn, inbox_id)
-        mail = parse_mail(raw)
+        inbox = await _require_inbox(conn, record["inbox_id"])
+        mail = parse_mail(await _require_raw(conn, record["raw_sha256"]))
+        dedup_key = dedup_key_of(mail, record["raw_sha256"])
 
-        dedup_key = mail.message_id or f"sha256:{record['raw_sha256']}"
-        if await _message_exists(conn, inbox_id, dedup_key):
-            log.info("router: inbox %s Message-ID %s: duplicate, skipped", inbox_id, dedup_key)
+        if await rows.is_known(conn, record["inbox_id"], dedup_key):
+            log.info("router: inbox %s Message-ID %s: duplicate, skipped",
+                     record["inbox_id"], dedup_key)
             return
 
         if mail.kind == "forwarding_confirmation":
-            await self._store_notice(conn, inbox_id, mail, record)
+            await _store_notice(conn, record, mail, dedup_key)
             return
 
-        conversation = await self._find_conversation(conn, inbox_id, mail, record)
-        if conversation is None and mail.kind == "bounce":
-            await self._store_notice(conn, inbox_id, mail, record)
+        placement = await self._place(conn, inbox, mail, record)
+        if placement.conversation is None and mail.kind in NOTICE_WHEN_UNMATCHED:
+            await _store_notice(conn, record, mail, dedup_key)
             return
 
-        contact = await _upsert_contact(conn, inbox_id, mail) if mail.kind != "bounce" else None
-        created = conversation is None
+        await self._add_incoming(conn, inbox, mail, record, dedup_key, placement)
+
+    async def _place(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
+                     record: dict[str, Any]) -> Placement:
+        """Find the conversation for the mail, or decide that it starts one."""
+        inbox_id = record["inbox_id"]
+        parties = self._parties(inbox, mail)
+        candidates = await self._candidates(conn, inbox_id, mail, record)
+
+        participants = await rows.known_participants(
+            conn, list(dict.fromkeys(c.conversation_id for c in candidates)),
+            _lookup_addresses(parties))
+        chosen, rejected = threader.choose(candidates, parties, participants)
+        for candidate in rejected:
+            log.warning("router: inbox %s Message-ID %s: %s %s of conversation %s not trusted: "
+                        "the sender takes no part in it", inbox_id, mail.message_id,
+                        candidate.rule, candidate.key, candidate.conversation_id)
+
+        if chosen is not None:
+            conversation = await rows.load_conversation(conn, chosen.conversation_id)
+            return _resolve_reopening(inbox, mail, record, conversation, chosen.rule)
+
+        found = await self._by_subject(conn, inbox, mail, record)
+        if found is not None:
+            conversation = await rows.load_conversation(conn, found)
+            return _resolve_reopening(inbox, mail, record, conversation, threader.RULE_SUBJECT)
+        return Placement(conversation=None, rule=threader.RULE_NEW)
+
+    def _parties(self, inbox: rows.Row, mail: ParsedMail) -> Parties:
+        own = self._is_inbox_address(inbox)
+        senders = {a.email.lower() for a in (mail.from_, mail.sender) if a and a.email}
+        recipients = {a.email.lower() for a in (*mail.to, *mail.cc) if a.email}
+        failed = None
+        if mail.kind == "bounce" and mail.bounce is not None:
+            failed = frozenset(r.lower() for r in mail.bounce.failed_recipients)
+        return Parties(
+            senders=frozenset(a for a in senders if not own(a)),
+            recipients=frozenset(a for a in recipients if not own(a)),
+            list_key=threader.list_participant(mail.list_id) if mail.list_id else None,
+            failed_recipients=failed,
+        )
+
+    def _is_inbox_address(self, inbox: rows.Row) -> Callable[[str], bool]:
+        addresses = {inbox["email"].lower(), inbox["forwarding_address"].lower()}
+
+        def own(address: str) -> bool:
+            return address in addresses or address.rpartition("@")[2] == self._inbound_domain
+        return own
+
+    async def _candidates(self, conn: AsyncConnection[Any], inbox_id: str, mail: ParsedMail,
+                          record: dict[str, Any]) -> list[Candidate]:
+        """Return the conversations the mail's token and ids point to, in rule order."""
+        addresses = [a.email for a in (*mail.to, *mail.cc)] + list(mail.delivered_to)
+        addresses += list(mail.x_original_to) + list(record["envelope_recipients"])
+        tokens = threader.reply_tokens(addresses, self._inbound_domain)
+        by_token = await rows.conversations_by_token(conn, inbox_id, tokens)
+        candidates = [Candidate(by_token[token], token, threader.RULE_REPLY_TOKEN, ours=True)
+                      for token in tokens if token in by_token]
+
+        in_reply_to, references = _thread_ids(mail)
+        keyed = [(key, threader.RULE_IN_REPLY_TO if key in in_reply_to else threader.RULE_REFERENCES)
+                 for key in threader.lookup_ids(in_reply_to, references)]
+        # A reply that arrived before this mail already named it as a thread key.
+        if mail.message_id and mail.kind != "bounce" and all(k != mail.message_id for k, _ in keyed):
+            keyed.append((mail.message_id, threader.RULE_OWN_MESSAGE_ID))
+
+        by_key = await rows.conversations_by_key(conn, inbox_id, [key for key, _ in keyed])
+        candidates += [Candidate(by_key[key], key, rule, ours=threader.is_our_id(key, self._message_id_domain))
+                       for key, rule in keyed if key in by_key]
+        return candidates
+
+    async def _by_subject(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
+                          record: dict[str, Any]) -> str | None:
+        since = threader.subject_window_start(record["occurred_at"], inbox["subject_threading_days"])
+        key = _subject_key(mail)
+        if since is None or key is None or mail.kind == "bounce":
+            return None
+        return await rows.conversation_by_subject(conn, str(inbox["id"]), key, since,
+                                                  _is_reply(mail))
+
+    async def _add_incoming(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
+                            record: dict[str, Any], dedup_key: str, placement: Placement) -> None:
+        inbox_id, arrived_at = record["inbox_id"], record["occurred_at"]
+        contact = await _upsert_contact(conn, inbox_id, mail, arrived_at)
+
+        conversation, created, reopened = placement.conversation, False, False
         if conversation is None:
             conversation = await self._create_conversation(conn, inbox_id, dedup_key, mail,
-                                                           contact, record)
+                                                           contact, arrived_at)
+            created = True
+            if placement.supersedes is not None:
+                await rows.supersede(conn, str(placement.supersedes["id"]), str(conversation["id"]))
+        else:
+            reopened = conversation["status"] == "resolved" and mail.kind in REOPENING_KINDS
+        conversation_id = str(conversation["id"])
 
-        message_id = await _insert_incoming_message(conn, inbox_id, conversation["id"], dedup_key,
-                                                    mail, record)
-        await _add_thread_keys(conn, inbox_id, conversation["id"],
-                               threader.thread_keys_of(mail.message_id, mail.in_reply_to,
-                                                       _thread_references(mail)))
+        message_id = ids.derive_id("message", inbox_id, dedup_key)
+        await self._insert_incoming_message(conn, inbox_id, conversation_id, message_id, dedup_key,
+                                            mail, record, placement.rule)
+        await rows.touch_conversation(conn, conversation_id, arrived_at, reopened)
+        await rows.add_thread_keys(conn, inbox_id, conversation_id, threader.thread_keys_of(
+            mail.message_id, *_thread_ids(mail)))
+        await rows.add_participants(conn, conversation_id,
+                                    self._participants_of(inbox, mail, created))
 
-        await self._emit_incoming(conn, record, mail, conversation, contact, message_id, created)
+        await self._emit_incoming(conn, record, mail, conversation, contact, message_id,
+                                  created, reopened)
 
-    async def _find_conversation(self, conn: AsyncConnection[Any], inbox_id: str,
-                                 mail: ParsedMail, record: dict[str, Any]) -> dict[str, Any] | None:
-        addresses = [a.email for a in (*mail.to, *mail.cc)] + list(mail.delivered_to)
-        addresses += record["envelope_recipients"]
-        for token in threader.reply_tokens(addresses, self._inbound_domain):
-            conversation = await _fetch_one(
-                conn, "SELECT * FROM conversations WHERE reply_token = %s AND inbox_id = %s",
-                (token, inbox_id))
-            if conversation is not None:
-                return conversation
-
-        in_reply_to, references = mail.in_reply_to, _thread_references(mail)
-        candidates = threader.lookup_ids(in_reply_to, references)
-        # A reply that arrived before this mail already named it as a thread key.
-        if mail.message_id and mail.message_id not in candidates:
-            candidates.append(mail.message_id)
-        for message_id in candidates:
-            conversation = await _fetch_one(
-                conn, "SELECT c.* FROM thread_keys k JOIN conversations c "
-                      "ON c.id = k.conversation_id WHERE k.inbox_id = %s AND k.message_id = %s",
-                (inbox_id, message_id))
-            if conversation is not None:
-                return conversation
-        return None
-
-    async def _create_conversation(self, conn: AsyncConnection[Any], inbox_id: str, dedup_key: str,
-                                   mail: ParsedMail, contact: dict[str, Any] | None,
-                                   record: dict[str, Any]) -> dict[str, Any]:
+    async def _create_conversation(self, conn: AsyncConnection[Any], inbox_id: str,
+                                   dedup_key: str, mail: ParsedMail, contact: rows.Row | None,
+                                   arrived_at: datetime) -> rows.Row:
         conversation_id = ids.derive_id("conversation", inbox_id, dedup_key)
-        arrived = record["occurred_at"]
-        cursor = await conn.execute(
-            "INSERT INTO conversations (id, inbox_id, contact_id, subject, status, reply_token, "
-            "created_at, last_message_at) VALUES (%s, %s, %s, %s, 'open', %s, %s, %s) "
-            "RETURNING *",
-            (conversation_id, inbox_id, contact["id"] if contact else None, mail.subject,
-             ids.reply_token(self._secret_key, conversation_id), arrived, arrived))
-        conversation = await cursor.fetchone()
-        assert conversation is not None
+        conversation = await rows.insert_conversation(conn, {
+            "id": conversation_id,
+            "inbox_id": inbox_id,
+            "contact_id": contact["id"] if contact else None,
+            "subject": mail.subject,
+            "reply_token": ids.reply_token(self._secret_key, conversation_id),
+            "arrived_at": arrived_at,
+            "subject_key": _subject_key(mail),
+            "started_by_reply": _is_reply(mail),
+        })
         log.info("router: inbox %s Message-ID %s: new conversation %s",
                  inbox_id, mail.message_id, conversation_id)
         return conversation
 
+    async def _insert_incoming_message(self, conn: AsyncConnection[Any], inbox_id: str,
+                                       conversation_id: str, message_id: str, dedup_key: str,
+                                       mail: ParsedMail, record: dict[str, Any],
+                                       rule: str) -> None:
+        await rows.store_attachment_bytes(conn, mail.attachments)
+        await rows.insert_message(conn, {
+            **rows.message_values(mail),
+            "id": message_id,
+            "inbox_id": inbox_id,
+            "conversation_id": conversation_id,
+            "dedup_key": dedup_key,
+            "direction": "incoming",
+            "kind": mail.kind,
+            "html_body": _html_with_attachment_urls(mail, message_id),
+            "attachments": json.dumps([_attachment_json(a) for a in mail.attachments]),
+            "raw_sha256": record["raw_sha256"],
+            "sent_at": mail.date,
+            "received_at": record["occurred_at"],
+            "threaded_by": rule,
+        })
+
+    def _participants_of(self, inbox: rows.Row, mail: ParsedMail,
+                         created: bool) -> list[tuple[str, str]]:
+        """Return the (address, role) pairs this mail adds to its conversation."""
+        if mail.kind == "bounce":
+            # The mail system that reports a failure takes no part in the conversation.
+            return []
+        own = self._is_inbox_address(inbox)
+        pairs: list[tuple[str, str]] = []
+        if created and mail.from_ and mail.from_.email:
+            pairs.append((mail.from_.email.lower(), "contact"))
+        for role, addresses in (("from", [mail.from_]), ("sender", [mail.sender]),
+                                ("reply_to", mail.reply_to), ("to", mail.to), ("cc", mail.cc)):
+            pairs += [(a.email.lower(), role) for a in addresses if a and a.email]
+        if mail.list_id:
+            pairs.append((threader.list_participant(mail.list_id), "list"))
+        return [(address, role) for address, role in pairs if not own(address)]
+
     async def _emit_incoming(self, conn: AsyncConnection[Any], record: dict[str, Any],
-                             mail: ParsedMail, conversation: dict[str, Any],
-                             contact: dict[str, Any] | None, message_id: str,
-                             created: bool) -> None:
+                             mail: ParsedMail, conversation: rows.Row,
+                             contact: rows.Row | None, message_id: str, created: bool,
+                             reopened: bool) -> None:
         inbox_id, conversation_id = record["inbox_id"], str(conversation["id"])
         common = {
             "contact_id": str(contact["id"]) if contact else None,
@@ -153,76 +311,128 @@ class RouterStage:
             "MESSAGE_ADDED", fact=message_id, inbox_id=inbox_id, conversation_id=conversation_id,
             subject=mail.subject, **common))
 
-        if not created and conversation["status"] == "resolved" and mail.kind == "customer":
-            await conn.execute("UPDATE conversations SET status = 'open' WHERE id = %s",
-                               (conversation_id,))
+        if reopened:
             await _emit(conn, conversation_event(
                 "STATUS_CHANGED", fact=f"reopened-by/{message_id}", inbox_id=inbox_id,
                 conversation_id=conversation_id, status="open", previous_status="resolved",
                 reason="customer_reply", contact_id=common["contact_id"],
                 contact_email=common["contact_email"]))
-        log.info("router: inbox %s Message-ID %s: %s message %s in conversation %s",
-                 inbox_id, mail.message_id, mail.kind, message_id, conversation_id)
-
-    async def _store_notice(self, conn: AsyncConnection[Any], inbox_id: str, mail: ParsedMail,
-                            record: dict[str, Any]) -> None:
-        detail: dict[str, Any] = {"from": mail.from_.email if mail.from_ else None}
-        if mail.forwarding_confirmation is not None:
-            detail["forwarding_confirmation"] = asdict(mail.forwarding_confirmation)
-        if mail.bounce is not None:
-            detail["bounce"] = asdict(mail.bounce)
-
-        await conn.execute(
-            "INSERT INTO notices (id, inbox_id, kind, subject, detail, raw_sha256) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-            (ids.derive_id("notice", inbox_id, record["raw_sha256"]), inbox_id, mail.kind,
-             mail.subject, json.dumps(detail), record["raw_sha256"]))
-        log.info("router: inbox %s Message-ID %s: stored as a %s notice, no conversation",
-                 inbox_id, mail.message_id, mail.kind)
+        log.info("router: inbox %s Message-ID %s: %s message %s in conversation %s%s",
+                 inbox_id, mail.message_id, mail.kind, message_id, conversation_id,
+                 ", reopened" if reopened else "")
 
     # --- outgoing mail -------------------------------------------------
 
     async def _record_outgoing(self, conn: AsyncConnection[Any], record: dict[str, Any]) -> None:
         inbox_id, conversation_id = record["inbox_id"], record["conversation_id"]
         dedup_key = record["rfc_message_id"]
-        if await _message_exists(conn, inbox_id, dedup_key):
+        if await rows.is_known(conn, inbox_id, dedup_key):
             return
+        if await rows.fetch_one(conn, "SELECT 1 AS found FROM conversations WHERE id = %s "
+                                      "AND inbox_id = %s", (conversation_id, inbox_id)) is None:
+            raise UnknownConversation(
+                f"conversation {conversation_id} of inbox {inbox_id} does not exist")
 
-        raw = await _load_raw(conn, record["raw_sha256"])
-        mail = parse_mail(raw)
+        mail = parse_mail(await _require_raw(conn, record["raw_sha256"]))
         message_id = ids.derive_id("message", inbox_id, dedup_key)
-        await conn.execute(
-            "INSERT INTO messages (id, inbox_id, conversation_id, dedup_key, direction, kind, "
-            "rfc_message_id, in_reply_to, \"references\", from_name, from_email, to_addresses, "
-            "subject, text_body, html_body, raw_sha256, sent_at, received_at) "
-            "VALUES (%s, %s, %s, %s, 'outgoing', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s)",
-            (message_id, inbox_id, conversation_id, dedup_key, record["kind"],
-             record["rfc_message_id"], mail.in_reply_to, mail.references,
-             mail.from_.name if mail.from_ else "", mail.from_.email if mail.from_ else "",
-             json.dumps([asdict(a) for a in mail.to]), record["subject"], mail.text, mail.html,
-             record["raw_sha256"], record["occurred_at"], record["occurred_at"]))
-        await _add_thread_keys(conn, inbox_id, conversation_id, [record["rfc_message_id"]])
+        await rows.insert_message(conn, {
+            **rows.message_values(mail),
+            "id": message_id,
+            "inbox_id": inbox_id,
+            "conversation_id": conversation_id,
+            "dedup_key": dedup_key,
+            "direction": "outgoing",
+            "kind": record["kind"],
+            "rfc_message_id": dedup_key,
+            "subject": record["subject"],
+            "html_body": mail.html,
+            "attachments": json.dumps([_attachment_json(a) for a in mail.attachments]),
+            "raw_sha256": record["raw_sha256"],
+            "sent_at": record["occurred_at"],
+            "received_at": record["occurred_at"],
+            "threaded_by": "outgoing",
+        })
+        await rows.touch_conversation(conn, conversation_id, record["occurred_at"], reopen=False)
+        await rows.add_thread_keys(conn, inbox_id, conversation_id, [dedup_key])
+        await rows.add_participants(conn, conversation_id,
+                                    [(r.lower(), "recipient") for r in record["recipients"]])
 
         await _emit(conn, conversation_event(
             "MESSAGE_ADDED", fact=message_id, inbox_id=inbox_id, conversation_id=conversation_id,
-            message_id=message_id, rfc_message_id=record["rfc_message_id"],
+            message_id=message_id, rfc_message_id=dedup_key,
             direction="outgoing", message_kind=record["kind"], subject=record["subject"]))
         log.info("router: inbox %s Message-ID %s: outgoing %s recorded in conversation %s",
                  inbox_id, dedup_key, record["kind"], conversation_id)
 
 
-def _thread_references(mail: ParsedMail) -> list[str]:
-    # A bounce threads through the headers of the mail that bounced.
-    if mail.bounce is not None:
-        bounced = mail.bounce
-        ids_ = [*bounced.original_references]
-        if bounced.original_in_reply_to:
-            ids_.append(bounced.original_in_reply_to)
-        if bounced.original_message_id:
-            ids_.append(bounced.original_message_id)
-        return ids_
-    return list(mail.references)
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _resolve_reopening(inbox: rows.Row, mail: ParsedMail, record: dict[str, Any],
+                       conversation: rows.Row, rule: str) -> Placement:
+    """Keep the found conversation, or start its successor when the inbox says so."""
+    if mail.kind in REOPENING_KINDS and threader.starts_new_conversation(
+            conversation["status"], conversation["last_message_at"], record["occurred_at"],
+            inbox["new_conversation_after_days"]):
+        log.info("router: inbox %s Message-ID %s: conversation %s resolved more than %d days "
+                 "ago, starting a new one", record["inbox_id"], mail.message_id,
+                 conversation["id"], inbox["new_conversation_after_days"])
+        return Placement(conversation=None, rule=rule, supersedes=conversation)
+    return Placement(conversation=conversation, rule=rule)
+
+
+def _thread_ids(mail: ParsedMail) -> tuple[list[str], list[str]]:
+    """Return (In-Reply-To, References) that thread this mail.
+
+    A bounce threads through the headers of the mail that bounced: that
+    mail's own Message-ID counts as the id it answers.
+    """
+    if mail.bounce is None:
+        return list(mail.in_reply_to), list(mail.references)
+    bounced = mail.bounce
+    in_reply_to = [bounced.original_message_id] if bounced.original_message_id else []
+    references = [*bounced.original_references]
+    if bounced.original_in_reply_to and bounced.original_in_reply_to not in references:
+        references.append(bounced.original_in_reply_to)
+    return in_reply_to, references
+
+
+def _is_reply(mail: ParsedMail) -> bool:
+    return threader.normalize_subject(mail.subject).is_reply or bool(
+        mail.in_reply_to or mail.references)
+
+
+def _subject_key(mail: ParsedMail) -> str | None:
+    if mail.list_id:
+        correspondent = threader.list_participant(mail.list_id)
+    elif mail.from_ and mail.from_.email:
+        correspondent = mail.from_.email
+    else:
+        return None
+    return threader.subject_key(correspondent, mail.subject)
+
+
+def _lookup_addresses(parties: Parties) -> list[str]:
+    addresses = set(parties.senders) | set(parties.recipients) | set(parties.failed_recipients or ())
+    if parties.list_key:
+        addresses.add(parties.list_key)
+    return sorted(addresses)
+
+
+def _attachment_json(attachment: Attachment) -> dict[str, Any]:
+    return {"filename": attachment.filename, "content_type": attachment.content_type,
+            "size": attachment.size, "sha256": attachment.sha256, "inline": attachment.inline,
+            "content_id": attachment.content_id}
+
+
+def _html_with_attachment_urls(mail: ParsedMail, message_id: str) -> str | None:
+    inline = {a.content_id: attachment_url(message_id, a.sha256)
+              for a in mail.attachments if a.inline and a.content_id}
+    if mail.html is None or not inline:
+        return mail.html
+    return sanitize_html(mail.html, inline)
 
 
 async def _emit(conn: AsyncConnection[Any], event: dict[str, Any]) -> None:
@@ -230,71 +440,49 @@ async def _emit(conn: AsyncConnection[Any], event: dict[str, Any]) -> None:
                      event)
 
 
-async def _fetch_one(conn: AsyncConnection[Any], query: str,
-                     params: tuple[Any, ...]) -> dict[str, Any] | None:
-    cursor = await conn.execute(query, params)
-    return await cursor.fetchone()
+async def _require_raw(conn: AsyncConnection[Any], sha256: str) -> bytes:
+    raw = await rows.load_raw(conn, sha256)
+    if raw is None:
+        raise RawMailMissing(f"raw mail {sha256} is not in the store: the event names a "
+                             "digest that ingest never stored, or the store lost it")
+    return raw
 
 
-async def _load_raw(conn: AsyncConnection[Any], sha256: str) -> bytes:
-    row = await _fetch_one(conn, "SELECT content FROM raw_mails WHERE sha256 = %s", (sha256,))
-    if row is None:
-        raise RawMailMissing(f"raw mail {sha256} is not in the store")
-    return bytes(row["content"])
-
-
-async def _require_inbox(conn: AsyncConnection[Any], inbox_id: str) -> None:
-    if await _fetch_one(conn, "SELECT 1 AS found FROM inboxes WHERE id = %s", (inbox_id,)) is None:
+async def _require_inbox(conn: AsyncConnection[Any], inbox_id: str) -> rows.Row:
+    inbox = await rows.load_inbox(conn, inbox_id)
+    if inbox is None:
         raise UnknownInbox(f"inbox {inbox_id} does not exist")
+    return inbox
 
 
-async def _message_exists(conn: AsyncConnection[Any], inbox_id: str, dedup_key: str) -> bool:
-    row = await _fetch_one(conn, "SELECT 1 AS found FROM messages WHERE inbox_id = %s "
-                                 "AND dedup_key = %s", (inbox_id, dedup_key))
-    return row is not None
-
-
-async def _upsert_contact(conn: AsyncConnection[Any], inbox_id: str,
-                          mail: ParsedMail) -> dict[str, Any] | None:
-    if mail.from_ is None or not mail.from_.email:
+async def _upsert_contact(conn: AsyncConnection[Any], inbox_id: str, mail: ParsedMail,
+                          seen_at: datetime) -> rows.Row | None:
+    # A bounce comes from a mail system, never from a customer.
+    if mail.kind == "bounce" or mail.from_ is None or not mail.from_.email:
         return None
     email = mail.from_.email.lower()
-    cursor = await conn.execute(
-        "INSERT INTO contacts (id, inbox_id, email, name) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (inbox_id, email) DO UPDATE SET name = CASE WHEN contacts.name = '' "
-        "THEN EXCLUDED.name ELSE contacts.name END RETURNING *",
-        (ids.derive_id("contact", inbox_id, email), inbox_id, email, mail.from_.name))
-    return await cursor.fetchone()
+    return await rows.upsert_contact(conn, ids.derive_id("contact", inbox_id, email), inbox_id,
+                                     email, mail.from_.name, seen_at)
 
 
-async def _insert_incoming_message(conn: AsyncConnection[Any], inbox_id: str,
-                                   conversation_id: str, dedup_key: str, mail: ParsedMail,
-                                   record: dict[str, Any]) -> str:
-    message_id = ids.derive_id("message", inbox_id, dedup_key)
-    attachments = [{"filename": a.filename, "content_type": a.content_type, "size": a.size,
-                    "sha256": a.sha256, "inline": a.inline, "content_id": a.content_id}
-                   for a in mail.attachments]
-    await conn.execute(
-        "INSERT INTO messages (id, inbox_id, conversation_id, dedup_key, direction, kind, "
-        "rfc_message_id, in_reply_to, \"references\", from_name, from_email, to_addresses, "
-        "cc_addresses, subject, text_body, html_body, attachments, raw_sha256, sent_at, "
-        "received_at) VALUES (%s, %s, %s, %s, 'incoming', %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, %s, %s, %s, %s, %s)",
-        (message_id, inbox_id, conversation_id, dedup_key, mail.kind, mail.message_id,
-         mail.in_reply_to, mail.references, mail.from_.name if mail.from_ else "",
-         mail.from_.email if mail.from_ else "", json.dumps([asdict(a) for a in mail.to]),
-         json.dumps([asdict(a) for a in mail.cc]), mail.subject, mail.text, mail.html,
-         json.dumps(attachments), record["raw_sha256"], mail.date, record["occurred_at"]))
-    await conn.execute("UPDATE conversations SET last_message_at = GREATEST(last_message_at, %s) "
-                       "WHERE id = %s", (record["occurred_at"], conversation_id))
-    return message_id
+async def _store_notice(conn: AsyncConnection[Any], record: dict[str, Any], mail: ParsedMail,
+                        dedup_key: str) -> None:
+    detail: dict[str, Any] = {"from": mail.from_.email if mail.from_ else None,
+                              "message_id": mail.message_id}
+    if mail.forwarding_confirmation is not None:
+        detail["forwarding_confirmation"] = asdict(mail.forwarding_confirmation)
+    if mail.bounce is not None:
+        detail["bounce"] = asdict(mail.bounce)
 
-
-async def _add_thread_keys(conn: AsyncConnection[Any], inbox_id: str, conversation_id: str,
-                           keys: list[str]) -> None:
-    if not keys:
-        return
-    async with conn.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO thread_keys (inbox_id, message_id, conversation_id) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING", [(inbox_id, key, conversation_id) for key in keys])
+    await rows.insert_notice(conn, {
+        "id": ids.derive_id("notice", record["inbox_id"], dedup_key),
+        "inbox_id": record["inbox_id"],
+        "kind": mail.kind,
+        "subject": mail.subject,
+        "detail": json.dumps(detail),
+        "raw_sha256": record["raw_sha256"],
+        "created_at": record["occurred_at"],
+        "dedup_key": dedup_key,
+    })
+    log.info("router: inbox %s Message-ID %s: stored as a %s notice, no conversation",
+             record["inbox_id"], mail.message_id, mail.kind)

@@ -1,0 +1,241 @@
+"""Reads and writes of the router's rows, one function per statement.
+
+``stage.RouterStage`` calls these inside the batch transaction of the shared
+loop, so nothing here commits. Lookups that could take one query per id
+take all ids in one query; rows written several at a time go through
+``executemany``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from services.router.mime import Attachment, ParsedMail
+
+Row = dict[str, Any]
+
+
+async def fetch_one(conn: AsyncConnection[Any], query: str,
+                    params: Sequence[Any] | Mapping[str, Any]) -> Row | None:
+    cursor = await conn.execute(query, params)
+    row: Row | None = await cursor.fetchone()
+    return row
+
+
+async def load_raw(conn: AsyncConnection[Any], sha256: str) -> bytes | None:
+    row = await fetch_one(conn, "SELECT content FROM raw_mails WHERE sha256 = %s", (sha256,))
+    return None if row is None else bytes(row["content"])
+
+
+async def load_inbox(conn: AsyncConnection[Any], inbox_id: str) -> Row | None:
+    return await fetch_one(
+        conn, "SELECT id, email, forwarding_address, new_conversation_after_days, "
+              "subject_threading_days FROM inboxes WHERE id = %s", (inbox_id,))
+
+
+async def is_known(conn: AsyncConnection[Any], inbox_id: str, dedup_key: str) -> bool:
+    """Tell whether the inbox already holds a message or notice with this dedup key."""
+    row = await fetch_one(
+        conn, "SELECT EXISTS (SELECT 1 FROM messages WHERE inbox_id = %(inbox)s "
+              "AND dedup_key = %(key)s) OR EXISTS (SELECT 1 FROM notices "
+              "WHERE inbox_id = %(inbox)s AND dedup_key = %(key)s) AS known",
+        {"inbox": inbox_id, "key": dedup_key})
+    return bool(row and row["known"])
+
+
+# ---------------------------------------------------------------------------
+# Threading lookups
+# ---------------------------------------------------------------------------
+
+
+async def conversations_by_token(conn: AsyncConnection[Any], inbox_id: str,
+                                 tokens: list[str]) -> dict[str, str]:
+    """Return conversation ids by reply token."""
+    if not tokens:
+        return {}
+    cursor = await conn.execute(
+        "SELECT reply_token, id FROM conversations WHERE inbox_id = %s AND reply_token = ANY(%s)",
+        (inbox_id, tokens))
+    return {row["reply_token"]: str(row["id"]) for row in await cursor.fetchall()}
+
+
+async def conversations_by_key(conn: AsyncConnection[Any], inbox_id: str,
+                               keys: list[str]) -> dict[str, str]:
+    """Return conversation ids by thread key (Message-ID)."""
+    if not keys:
+        return {}
+    cursor = await conn.execute(
+        "SELECT message_id, conversation_id FROM thread_keys "
+        "WHERE inbox_id = %s AND message_id = ANY(%s)", (inbox_id, keys))
+    return {row["message_id"]: str(row["conversation_id"]) for row in await cursor.fetchall()}
+
+
+async def known_participants(conn: AsyncConnection[Any], conversation_ids: list[str],
+                             addresses: list[str]) -> dict[str, frozenset[str]]:
+    """Return, per conversation, which of ``addresses`` take part in it."""
+    if not conversation_ids or not addresses:
+        return {}
+    cursor = await conn.execute(
+        "SELECT conversation_id, address FROM conversation_participants "
+        "WHERE conversation_id = ANY(%s) AND address = ANY(%s)",
+        (conversation_ids, addresses))
+    found: dict[str, set[str]] = {}
+    for row in await cursor.fetchall():
+        found.setdefault(str(row["conversation_id"]), set()).add(row["address"])
+    return {conversation_id: frozenset(keys) for conversation_id, keys in found.items()}
+
+
+async def conversation_by_subject(conn: AsyncConnection[Any], inbox_id: str, key: str,
+                                  since: datetime, mail_is_reply: bool) -> str | None:
+    """Return the most recent conversation with this subject key active since ``since``.
+
+    Unless the new mail is a reply, the conversation must have started with
+    one: two first mails with equal subjects are two requests.
+    """
+    row = await fetch_one(
+        conn, "SELECT id FROM conversations WHERE inbox_id = %s AND subject_key = %s "
+              "AND last_message_at >= %s AND (%s OR started_by_reply) "
+              "ORDER BY last_message_at DESC, id LIMIT 1",
+        (inbox_id, key, since, mail_is_reply))
+    return None if row is None else str(row["id"])
+
+
+async def load_conversation(conn: AsyncConnection[Any], conversation_id: str) -> Row:
+    """Return the conversation, following successor links to the current one."""
+    # A chain longer than this would need a successor per resolution window
+    # for years; stopping there is safe because every link is a real
+    # conversation.
+    row: Row | None = None
+    for _ in range(50):
+        row = await fetch_one(conn, "SELECT * FROM conversations WHERE id = %s",
+                              (conversation_id,))
+        assert row is not None, f"conversation {conversation_id} vanished inside the transaction"
+        if row["superseded_by"] is None:
+            break
+        conversation_id = str(row["superseded_by"])
+    assert row is not None
+    return row
+
+
+# ---------------------------------------------------------------------------
+# Writes
+# ---------------------------------------------------------------------------
+
+
+async def upsert_contact(conn: AsyncConnection[Any], contact_id: str, inbox_id: str, email: str,
+                         name: str, seen_at: datetime) -> Row:
+    cursor = await conn.execute(
+        "INSERT INTO contacts (id, inbox_id, email, name, created_at) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT (inbox_id, email) DO UPDATE SET name = CASE WHEN contacts.name = '' "
+        "THEN EXCLUDED.name ELSE contacts.name END RETURNING *",
+        (contact_id, inbox_id, email, name, seen_at))
+    row: Row | None = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def insert_conversation(conn: AsyncConnection[Any], values: Row) -> Row:
+    cursor = await conn.execute(
+        "INSERT INTO conversations (id, inbox_id, contact_id, subject, status, reply_token, "
+        "created_at, last_message_at, subject_key, started_by_reply) VALUES (%(id)s, "
+        "%(inbox_id)s, %(contact_id)s, %(subject)s, 'open', %(reply_token)s, %(arrived_at)s, "
+        "%(arrived_at)s, %(subject_key)s, %(started_by_reply)s) RETURNING *", values)
+    row: Row | None = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def supersede(conn: AsyncConnection[Any], old_id: str, new_id: str) -> None:
+    await conn.execute("UPDATE conversations SET superseded_by = %s WHERE id = %s",
+                       (new_id, old_id))
+
+
+async def touch_conversation(conn: AsyncConnection[Any], conversation_id: str,
+                             arrived_at: datetime, reopen: bool) -> None:
+    """Record a new message's time, and reopen the conversation when asked."""
+    await conn.execute(
+        "UPDATE conversations SET last_message_at = GREATEST(last_message_at, %s), "
+        "status = CASE WHEN %s THEN 'open' ELSE status END WHERE id = %s",
+        (arrived_at, reopen, conversation_id))
+
+
+async def insert_message(conn: AsyncConnection[Any], values: Row) -> None:
+    await conn.execute(
+        "INSERT INTO messages (id, inbox_id, conversation_id, dedup_key, direction, kind, "
+        "rfc_message_id, in_reply_to, \"references\", from_name, from_email, to_addresses, "
+        "cc_addresses, subject, text_body, new_text, html_body, attachments, raw_sha256, "
+        "sent_at, received_at, auto_submitted, list_id, bounce, defects, threaded_by) "
+        "VALUES (%(id)s, %(inbox_id)s, %(conversation_id)s, %(dedup_key)s, %(direction)s, "
+        "%(kind)s, %(rfc_message_id)s, %(in_reply_to)s, %(references)s, %(from_name)s, "
+        "%(from_email)s, %(to_addresses)s, %(cc_addresses)s, %(subject)s, %(text_body)s, "
+        "%(new_text)s, %(html_body)s, %(attachments)s, %(raw_sha256)s, %(sent_at)s, "
+        "%(received_at)s, %(auto_submitted)s, %(list_id)s, %(bounce)s, %(defects)s, "
+        "%(threaded_by)s)", values)
+
+
+def message_values(mail: ParsedMail) -> Row:
+    """Return the message columns that come from the parsed mail alone."""
+    return {
+        "rfc_message_id": mail.message_id,
+        "in_reply_to": mail.in_reply_to,
+        "references": mail.references,
+        "from_name": mail.from_.name if mail.from_ else "",
+        "from_email": mail.from_.email if mail.from_ else "",
+        "to_addresses": json.dumps([asdict(a) for a in mail.to]),
+        "cc_addresses": json.dumps([asdict(a) for a in mail.cc]),
+        "subject": mail.subject,
+        "text_body": mail.text,
+        "new_text": mail.new_text,
+        "auto_submitted": mail.auto_submitted,
+        "list_id": mail.list_id,
+        "bounce": json.dumps(asdict(mail.bounce)) if mail.bounce else None,
+        "defects": json.dumps(mail.defects),
+    }
+
+
+async def add_thread_keys(conn: AsyncConnection[Any], inbox_id: str, conversation_id: str,
+                          keys: list[str]) -> None:
+    """Register keys for the conversation; a key that leads elsewhere already keeps its place."""
+    if not keys:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO thread_keys (inbox_id, message_id, conversation_id) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING", [(inbox_id, key, conversation_id) for key in keys])
+
+
+async def add_participants(conn: AsyncConnection[Any], conversation_id: str,
+                           participants: list[tuple[str, str]]) -> None:
+    """Record (address, role) pairs; an address keeps the first role it had."""
+    if not participants:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO conversation_participants (conversation_id, address, role) "
+            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            [(conversation_id, address, role) for address, role in participants])
+
+
+async def store_attachment_bytes(conn: AsyncConnection[Any], attachments: list[Attachment]) -> None:
+    """Keep each attachment's decoded bytes in the raw store under their SHA-256."""
+    distinct = {attachment.sha256: attachment.data for attachment in attachments}
+    if not distinct:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO raw_mails (sha256, size, content) VALUES (%s, %s, %s) "
+            "ON CONFLICT (sha256) DO NOTHING",
+            [(sha256, len(data), data) for sha256, data in distinct.items()])
+
+
+async def insert_notice(conn: AsyncConnection[Any], values: Row) -> None:
+    await conn.execute(
+        "INSERT INTO notices (id, inbox_id, kind, subject, detail, raw_sha256, created_at, "
+        "dedup_key) VALUES (%(id)s, %(inbox_id)s, %(kind)s, %(subject)s, %(detail)s, "
+        "%(raw_sha256)s, %(created_at)s, %(dedup_key)s) ON CONFLICT (id) DO NOTHING", values)
