@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from messagehub import db, topics
+from messagehub import secrets as secret_store
 from messagehub.localstack.processes import ManagedProcess, port_is_open
 from messagehub.localstack.stack import LocalStack
 from messagehub.settings import Settings, as_environment
@@ -73,7 +74,7 @@ def local_stack(state_dir: Path | None = None, port_base: int | None = None) -> 
 
 
 def service_settings(stack: LocalStack, spec: ServiceSpec, secret_key: str = "",
-                     api_token: str = "") -> Settings:
+                     api_token: str = "", encryption_keys: str = "") -> Settings:
     """Return the settings one service process of this stack runs with."""
     base = stack.port_base
     return Settings(
@@ -83,6 +84,10 @@ def service_settings(stack: LocalStack, spec: ServiceSpec, secret_key: str = "",
         ingest_smtp_port=base + INGEST_SMTP_OFFSET,
         relay_smtp_host="127.0.0.1",
         relay_smtp_port=stack.smtp_sink_port,
+        # The sink is a plaintext relay on loopback without AUTH.
+        relay_smtp_encryption="none",
+        tls_ca_file=str(stack.imap_ca_file),
+        encryption_keys=encryption_keys,
         metrics_port=base + spec.metrics_offset,
         api_port=base + API_HTTP_OFFSET,
         secret_key=secret_key,
@@ -101,10 +106,20 @@ def _local_secret(state_dir: Path, name: str) -> str:
     return path.read_text(encoding="ascii").strip()
 
 
+def _local_encryption_key(state_dir: Path) -> str:
+    """Return the Fernet key kept in the state dir, creating it on first use."""
+    path = state_dir / "encryption_key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secret_store.generate_key(), encoding="ascii")
+    return path.read_text(encoding="ascii").strip()
+
+
 def _service_process(stack: LocalStack, spec: ServiceSpec, secret_key: str = "",
-                     api_token: str = "") -> ManagedProcess:
+                     api_token: str = "", encryption_keys: str = "") -> ManagedProcess:
     """Describe one service process; stopping or inspecting it needs no secret."""
-    settings = service_settings(stack, spec, secret_key, api_token)
+    settings = service_settings(stack, spec, secret_key, api_token, encryption_keys)
     ready_port = settings.ingest_smtp_port if spec.name == "ingest" else (
         settings.api_port if spec.name == "api" else settings.metrics_port)
     return ManagedProcess(
@@ -145,15 +160,16 @@ def up(state_dir: Path | None = None, port_base: int | None = None,
 
     secret_key = _local_secret(stack.state_dir, "secret_key")
     api_token = _local_secret(stack.state_dir, "api_token")
-    _write_stack_info(stack, api_token)
+    encryption_keys = _local_encryption_key(stack.state_dir)
+    _write_stack_info(stack, api_token, encryption_keys)
 
     (stack.state_dir / "services").mkdir(parents=True, exist_ok=True)
     for spec in SERVICES:
-        _service_process(stack, spec, secret_key, api_token).start()
+        _service_process(stack, spec, secret_key, api_token, encryption_keys).start()
     return status(state_dir, port_base)
 
 
-def _write_stack_info(stack: LocalStack, api_token: str) -> None:
+def _write_stack_info(stack: LocalStack, api_token: str, encryption_keys: str = "") -> None:
     # The file holds the database password and the API token: owner only.
     path = stack.state_dir / STACK_FILE
     path.touch(mode=0o600)
@@ -166,6 +182,9 @@ def _write_stack_info(stack: LocalStack, api_token: str) -> None:
         "ingest_smtp": f"127.0.0.1:{stack.port_base + INGEST_SMTP_OFFSET}",
         "sink_dir": str(stack.sink_dir),
         "imap": f"127.0.0.1:{stack.imap_port}",
+        "imaps": f"127.0.0.1:{stack.imaps_port}",
+        "tls_ca_file": str(stack.imap_ca_file),
+        "encryption_keys": encryption_keys,
         "api": f"http://127.0.0.1:{stack.port_base + API_HTTP_OFFSET}",
         "api_token": api_token,
     }, indent=2), encoding="utf-8")

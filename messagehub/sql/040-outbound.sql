@@ -84,3 +84,6 @@ CREATE TABLE IF NOT EXISTS outbound_rate_windows (
     sends         integer NOT NULL DEFAULT 0,
     PRIMARY KEY (inbox_id, window_start)
 );
+
+-- The sent bytes, for a Sent-folder copy retried after a crash.
+ALTER TABLE send_ledger ADD COLUMN IF NOT EXISTS raw_sha256 text;

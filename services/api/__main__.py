@@ -18,6 +18,7 @@ from aiohttp import web
 from messagehub import db, inboxes, logs, metrics
 from messagehub import settings as settings_module
 from messagehub.settings import Settings
+from services.api import csat
 
 log = logging.getLogger("services.api")
 
@@ -29,7 +30,7 @@ def create_app(settings: Settings) -> web.Application:
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz":
+        if request.path == "/healthz" or csat.is_public_path(request.path):
             return await handler(request)
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not settings.api_token or not hmac.compare_digest(supplied, settings.api_token):
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/inboxes/{inbox}/conversations", conversations)
     app.router.add_get("/v1/conversations/{conversation_id}", conversation)
+    csat.add_routes(app, settings)
     return app
 
 

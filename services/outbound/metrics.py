@@ -1,4 +1,8 @@
-"""Prometheus metrics of the outbound service, behind the sensor SMTP delivery calls."""
+"""Prometheus metrics of the outbound service, behind one sensor class.
+
+The outbound stage calls :class:`OutboundMetrics` hooks; nothing else in the
+service touches prometheus-client. Durations are in seconds.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,42 @@ from prometheus_client import Counter, Histogram
 
 from messagehub.metrics import LATENCY_BUCKETS
 
-SMTP_RESULTS = Counter(
-    "messagehub_outbound_smtp_results_total",
-    "SMTP send attempts by result (sent, retry, failed) and error class (empty when sent; "
-    "rejected, auth, tls, connect, timeout, config).",
-    ["result", "error_class"])
-SMTP_ATTEMPT_SECONDS = Histogram(
-    "messagehub_outbound_smtp_attempt_seconds",
-    "Time of one SMTP send attempt, from connecting (or reusing a connection) to the reply to DATA.",
+MAILS = Counter(
+    "messagehub_outbound_mails_total",
+    "Outbound requests finished, by kind (agent, greeting, out_of_hours, csat) and result "
+    "(sent, failed, suppressed).",
+    ["kind", "result"])
+FAILURES = Counter(
+    "messagehub_outbound_failures_total",
+    "Outbound requests that failed for good or were suppressed, by error class.",
+    ["error_class"])
+SEND_SECONDS = Histogram(
+    "messagehub_outbound_send_seconds",
+    "Time from handing a mail to SMTP until the server accepted it, retries included.",
     buckets=LATENCY_BUCKETS)
+SENT_COPIES = Counter(
+    "messagehub_outbound_sent_copies_total",
+    "Copies saved to (or failed to save to) the inbox's IMAP Sent folder, by result.",
+    ["result"])
+RATE_LIMIT_WAIT_SECONDS = Counter(
+    "messagehub_outbound_rate_limit_wait_seconds_total",
+    "Time sends waited for the per-inbox rate limit.")
 
 
 class OutboundMetrics:
-    """The sensor of SMTP delivery.
+    """The sensor of the outbound stage."""
 
-    NOTE: SMTP delivery is to call :meth:`on_smtp_attempt` once per attempt.
-    Until it does, these metrics export no samples, so only the alert on
-    ``mail.failed`` covers SMTP failures.
-    """
+    def on_sent(self, kind: str, seconds: float) -> None:
+        MAILS.labels(kind, "sent").inc()
+        SEND_SECONDS.observe(seconds)
 
-    def on_smtp_attempt(self, result: str, error_class: str, seconds: float) -> None:
-        """Count one attempt: result "sent", "retry" (temporary) or "failed" (permanent)."""
-        SMTP_RESULTS.labels(result, error_class).inc()
-        SMTP_ATTEMPT_SECONDS.observe(seconds)
+    def on_failed(self, kind: str, error_class: str) -> None:
+        result = "suppressed" if error_class == "suppressed" else "failed"
+        MAILS.labels(kind, result).inc()
+        FAILURES.labels(error_class).inc()
+
+    def on_sent_copy(self, result: str) -> None:
+        SENT_COPIES.labels(result).inc()
+
+    def on_rate_limited(self, seconds: float) -> None:
+        RATE_LIMIT_WAIT_SECONDS.inc(seconds)

@@ -1,0 +1,131 @@
+"""Limits on outgoing mail: loop checks and caps on automatic mail, and the per-inbox rate.
+
+The outbound stage calls :func:`automatic_mail_suppression` before each
+greeting, out-of-hours note and survey. Besides the rules of loops.py it
+caps automatic mail per recipient: at most ``max_per_conversation`` in one
+conversation, and at most ``max_per_hour`` from one inbox in any hour, so
+that even an autoresponder that slips past every header check gets a few
+mails and not an endless exchange. Both caps count the send ledger.
+
+:func:`wait_for_send_slot` holds a send until the inbox is below its
+limit of mails per minute, counted in ``outbound_rate_windows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from services.outbound.loops import automatic_mail_block, read_headers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AutomaticMailCaps:
+    max_per_conversation: int
+    max_per_hour: int
+
+
+async def automatic_mail_suppression(conn: AsyncConnection[Any], record: dict[str, Any],
+                                     context: dict[str, Any], caps: AutomaticMailCaps,
+                                     own_domains: list[str]) -> str | None:
+    """Return why this automatic mail must not go out, or None."""
+    recipient = context["contact"]["email"].lower()
+    inbox = context["inbox"]
+    if recipient == inbox["email"].lower():
+        return f"recipient {recipient} is the inbox's own address"
+
+    if record["kind"] == "csat":
+        reason = automatic_mail_block(recipient, answered_kind=None, answered_headers=None,
+                                      own_domains=own_domains)
+        reason = reason or await _automated_contact_reason(conn, inbox["id"], recipient)
+    else:
+        kind, raw = await _answered_mail(conn, record["conversation_id"])
+        reason = automatic_mail_block(
+            recipient, answered_kind=kind, answered_headers=read_headers(raw) if raw else None,
+            own_domains=own_domains)
+    return reason or await _cap_reason(conn, record, recipient, caps)
+
+
+async def _answered_mail(conn: AsyncConnection[Any],
+                         conversation_id: str) -> tuple[str | None, bytes | None]:
+    """Return the kind and raw bytes of the customer's latest mail in the conversation."""
+    cursor = await conn.execute(
+        "SELECT m.kind, r.content FROM messages m LEFT JOIN raw_mails r ON r.sha256 = m.raw_sha256 "
+        "WHERE m.conversation_id = %s AND m.direction = 'incoming' "
+        "ORDER BY m.received_at DESC, m.id DESC LIMIT 1", (conversation_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        return None, None
+    return row["kind"], bytes(row["content"]) if row["content"] is not None else None
+
+
+async def _automated_contact_reason(conn: AsyncConnection[Any], inbox_id: str,
+                                    address: str) -> str | None:
+    # A contact that never wrote as a person (only bounces, autoresponses or
+    # list posts) is automated, however its address looks.
+    cursor = await conn.execute(
+        "SELECT count(*) FILTER (WHERE kind = 'customer') AS personal, count(*) AS total "
+        "FROM messages WHERE inbox_id = %s AND direction = 'incoming' AND lower(from_email) = %s",
+        (inbox_id, address))
+    row = await cursor.fetchone()
+    if row is not None and row["total"] > 0 and row["personal"] == 0:
+        return f"recipient {address} has sent only automated or list mail"
+    return None
+
+
+async def _cap_reason(conn: AsyncConnection[Any], record: dict[str, Any], recipient: str,
+                      caps: AutomaticMailCaps) -> str | None:
+    cursor = await conn.execute(
+        "SELECT count(*) FILTER (WHERE conversation_id = %s) AS in_conversation, "
+        "count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS last_hour "
+        "FROM send_ledger WHERE inbox_id = %s AND automatic AND status = 'sent' "
+        "AND %s = ANY(recipients)", (record["conversation_id"], record["inbox_id"], recipient))
+    counts = await cursor.fetchone()
+    assert counts is not None
+    if counts["in_conversation"] >= caps.max_per_conversation:
+        return (f"recipient {recipient} already got {counts['in_conversation']} automatic mails "
+                f"in this conversation (cap {caps.max_per_conversation})")
+    if counts["last_hour"] >= caps.max_per_hour:
+        return (f"recipient {recipient} already got {counts['last_hour']} automatic mails from "
+                f"this inbox in the last hour (cap {caps.max_per_hour})")
+    return None
+
+
+async def wait_for_send_slot(pool: AsyncConnectionPool, inbox_id: str,
+                             max_per_minute: int) -> float:
+    """Count one send in the inbox's current minute, waiting for the next while it is full.
+
+    Returns the seconds waited.
+    """
+    waited = 0.0
+    while True:
+        async with pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "INSERT INTO outbound_rate_windows (inbox_id, window_start, sends) "
+                "VALUES (%s, date_trunc('minute', now()), 1) "
+                "ON CONFLICT (inbox_id, window_start) DO UPDATE "
+                "SET sends = outbound_rate_windows.sends + 1 "
+                "WHERE outbound_rate_windows.sends < %s RETURNING sends",
+                (inbox_id, max_per_minute))
+            counted = await cursor.fetchone()
+            if counted is not None and counted["sends"] == 1:
+                await conn.execute("DELETE FROM outbound_rate_windows WHERE inbox_id = %s "
+                                   "AND window_start < now() - interval '1 hour'", (inbox_id,))
+        if counted is not None:
+            return waited
+
+        now = datetime.now(timezone.utc)
+        pause = (60 - now.second - now.microsecond / 1e6) + 0.05
+        log.info("outbound: inbox %s: %d mails sent this minute, the limit; next send in %.1fs",
+                 inbox_id, max_per_minute, pause)
+        await asyncio.sleep(pause)
+        waited += pause
+
