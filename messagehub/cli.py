@@ -150,6 +150,34 @@ def cmd_thread_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from messagehub import settings as settings_module
+    from services.router import replay
+    from services.router.stage import RouterStage
+
+    info = stackctl.stack_info()
+    settings = settings_module.load()
+    secret_key = settings.secret_key or (Path(info["state_dir"]) / "secret_key").read_text().strip()
+    stage = RouterStage(secret_key=secret_key, inbound_domain=info["inbound_domain"],
+                        message_id_domain=settings.message_id_domain)
+    try:
+        target_url = (args.into if "://" in args.into
+                      else replay.create_local_database(info, args.into))
+        result = replay.replay(source_url=info["database_url"], target_url=target_url,
+                               bootstrap=info["kafka_bootstrap"], stage=stage)
+    except replay.ReplayError as exc:
+        sys.stderr.write(f"messagehub: replay: {exc}\n")
+        return 2
+
+    summary: dict[str, Any] = {"records": result.records, "applied": result.applied,
+                               "dead_letters": result.dead_letters}
+    if args.verify:
+        summary["differences"] = replay.differences(replay.snapshot(info["database_url"]),
+                                                    replay.snapshot(target_url))
+    _print_json(summary)
+    return 1 if summary.get("differences") else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from messagehub import demo
 
@@ -223,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(file name to thread label)")
     thread_eval.add_argument("--json", action="store_true", help="print the scores as JSON")
     thread_eval.set_defaults(func=cmd_thread_eval)
+
+    replay = commands.add_parser(
+        "replay", help="rebuild the conversation tables from the topics into an empty database")
+    replay.add_argument("--into", required=True,
+                        help="name of a new database on the stack's PostgreSQL, or the URL of "
+                             "an existing empty one")
+    replay.add_argument("--verify", action="store_true",
+                        help="compare the rebuilt tables with the running stack's; exit 1 if "
+                             "they differ")
+    replay.set_defaults(func=cmd_replay)
 
     demo = commands.add_parser("demo", help="run messagehub end to end on sample mail")
     demo.add_argument("--mail", help="your own Maildir, mbox file or folder of .eml instead")
