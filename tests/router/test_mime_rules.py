@@ -11,8 +11,8 @@ import hashlib
 
 import pytest
 
-from services.router.addresses import extract_ids, parse_addresses
-from services.router.bodies import strip_quoted, unflow
+from services.router.addresses import extract_ids, extract_reply_ids, parse_addresses
+from services.router.bodies import sanitize_html, strip_quoted, unflow
 from services.router.charsets import decode_bytes, normalize_charset
 from services.router.headers import decode_base64_chunks, decode_text
 from services.router.mime import Address, ParsedMail, parse_mail
@@ -308,6 +308,34 @@ def test_extract_ids__rejects_insane_ids() -> None:
 
 def test_extract_ids__bare_id_without_brackets() -> None:
     assert extract_ids("20240506.1234@mail.example.net") == ["20240506.1234@mail.example.net"]
+
+
+def test_extract_reply_ids__author_address_is_no_id() -> None:
+    value = 'Message from Tomas Berg <tomas@example.org> \n of "Mon, 06 May 2024 09:30:00 +0200"'
+
+    assert extract_reply_ids(value, set()) == []
+
+
+def test_extract_reply_ids__own_address_is_no_id() -> None:
+    value = "<tomas@example.org> <t1@mail.example.org>"
+
+    assert extract_reply_ids(value, {"tomas@example.org"}) == ["t1@mail.example.org"]
+
+
+def test_extract_reply_ids__trailing_free_text_is_ignored() -> None:
+    value = "<t1@mail.example.org>; from tomas@example.org on Mon, May 06, 2024 at 09:30"
+
+    assert extract_reply_ids(value, set()) == ["t1@mail.example.org"]
+
+
+def test_parse_mail__in_reply_to_names_the_author() -> None:
+    mail = parse(BASIC.replace("To: Support <support@example.com>",
+                               "To: Tomas Berg <tomas@example.org>")
+                 + "In-Reply-To: Message from Tomas Berg <tomas@example.org>\n"
+                 + "References: <t0@mail.example.org>\n")
+
+    assert mail.in_reply_to == []
+    assert mail.references == ["t0@mail.example.org"]
 
 
 def test_parse_mail__unusable_message_id_is_none() -> None:
@@ -679,6 +707,19 @@ def test_parse_mail__html_is_sanitized() -> None:
     assert 'href="https://shop.example.com/orders/7"' in mail.html
 
 
+def test_sanitize_html__rewrites_known_cid_sources() -> None:
+    html = ('<p><img src="cid:logo.1%40mail.example.net" onerror="steal()">'
+            '<img src="CID:chart.2@mail.example.net"><img src="cid:unknown@mail.example.net"></p>')
+
+    clean = sanitize_html(html, {"logo.1@mail.example.net": "/v1/messages/m1/attachments/aa",
+                                 "chart.2@mail.example.net": "/v1/messages/m1/attachments/bb"})
+
+    assert '<img src="/v1/messages/m1/attachments/aa">' in clean
+    assert '<img src="/v1/messages/m1/attachments/bb">' in clean
+    assert '<img src="cid:unknown@mail.example.net">' in clean
+    assert "onerror" not in clean
+
+
 # ---------------------------------------------------------------------------
 # Reply text
 # ---------------------------------------------------------------------------
@@ -781,6 +822,30 @@ def test_kind__list_headers(header: str) -> None:
 
 def test_kind__list_id_without_brackets() -> None:
     assert parse(BASIC + "List-Id: news.lists.example.com").list_id == "news.lists.example.com"
+
+
+@pytest.mark.parametrize(
+    ("header", "identity"),
+    [
+        ("List-Post: <mailto:News@lists.example.com>", "news@lists.example.com"),
+        ("X-BeenThere: news@lists.example.com", "news@lists.example.com"),
+        ("Delivered-To: mailing list news@lists.example.com", "news@lists.example.com"),
+        ("Mailing-List: contact news-help@lists.example.com; run by ezmlm", "news@lists.example.com"),
+        ("X-Mailing-List: <news@lists.example.com>", "news@lists.example.com"),
+    ],
+)
+def test_kind__list_address_without_list_id(header: str, identity: str) -> None:
+    mail = parse(BASIC + header)
+
+    assert mail.list_id == identity
+    assert mail.kind == "list"
+
+
+def test_kind__personal_delivered_to_is_no_list() -> None:
+    mail = parse(BASIC + "Delivered-To: support@example.com")
+
+    assert mail.list_id is None
+    assert mail.kind == "customer"
 
 
 def test_kind__bulk_precedence_is_recorded() -> None:
