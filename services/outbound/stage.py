@@ -41,7 +41,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from messagehub import ids, outbox, topics
+from messagehub import business_hours, ids, outbox, topics
 from messagehub.events import conversation_event
 from messagehub.worker import StageError
 from services.outbound.compose import Sender, build_mail, make_message_id, reply_subject
@@ -362,6 +362,10 @@ def _body(record: dict[str, Any], inbox: dict[str, Any], contact: dict[str, Any]
 
     values = {"customer_name": contact["name"] or contact["email"], "inbox_name": inbox["name"],
               "help_center_url": inbox.get("help_center_url") or "", "survey_url": survey_url}
+    if record["kind"] == "out_of_hours":
+        # The assign service requests the note moments after the mail arrived.
+        values["next_opening"] = business_hours.describe_next_opening(
+            inbox, record["occurred_at"], inbox["locale"])
     custom = inbox.get(CUSTOM_TEXT_COLUMNS[record["kind"]])
     template = custom_text(custom) if custom else default_text(record["kind"], inbox["locale"])
     rendered = render_auto_text(template, **values)
