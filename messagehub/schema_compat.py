@@ -12,9 +12,9 @@ current schema with every released version kept in ``schemas/released/``
   current schema (new enum symbols need the enum's default).
 
 Beyond Avro's rules, no field, enum symbol or enum default of a released
-version may be removed. A field with a default could go without breaking a
-reader, but subscribers would silently lose a fact they rely on; and
-without its default, an enum could never gain a symbol again.
+version may be removed. Avro lets a field with a default go, but
+subscribers would silently lose a fact they rely on. An enum without its
+default could never gain a symbol again.
 
 It also requires a doc on every record, enum and field, and a
 ``schema_version`` default that is raised exactly when the wire form (the

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from messagehub import codec, topics
 from tests.conftest import REPO_ROOT
