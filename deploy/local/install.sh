@@ -2,6 +2,8 @@
 # Install what `messagehub up` and the stack tests need on Debian 12, as root:
 # Dovecot, PostgreSQL 15, Java 17 and Maven (Debian packages), the vmail user,
 # the Kafka broker jars (deploy/local/kafka/libs) and the Python venv (.venv).
+# The deploy tests also get promtool (Debian's prometheus package) and
+# kustomize (built with `go install` into .venv/bin; skipped without Go).
 # Safe to run again: each step is skipped when its result is already there.
 set -euo pipefail
 
@@ -9,6 +11,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$HERE/../.." && pwd)
 KAFKA_DIR="$HERE/kafka"
 VENV="$REPO_ROOT/.venv"
+KUSTOMIZE_VERSION=v5.8.1
 
 PACKAGES=(
   dovecot-imapd
@@ -21,6 +24,7 @@ PACKAGES=(
   iproute2      # ss, used by the stack tests
   util-linux    # runuser
   ca-certificates
+  prometheus    # promtool, for the deploy tests; its server is kept stopped
 )
 
 say() { printf 'install.sh: %s\n' "$*"; }
@@ -128,6 +132,32 @@ stop_exposed_postgresql_clusters() {
   fi
 }
 
+stop_packaged_prometheus() {
+  # Only promtool is wanted. Under systemd the packaged server would start at
+  # the next boot and listen on all interfaces.
+  if [[ -d /run/systemd/system ]] && systemctl is-enabled --quiet prometheus.service 2>/dev/null; then
+    systemctl disable --now --quiet prometheus.service 2>/dev/null || true
+    say "packaged prometheus: disabled its systemd service (promtool is all the tests use)"
+  fi
+  if [[ -n "$(exposed_listeners prometheus)" ]]; then
+    fail "a prometheus listens on $(exposed_listeners prometheus | paste -sd' ' -): stop it by hand (it is not part of the local stack)"
+  fi
+}
+
+install_kustomize() {
+  if [[ "$("$VENV/bin/kustomize" version 2>/dev/null)" == "$KUSTOMIZE_VERSION" ]]; then
+    say "kustomize: $KUSTOMIZE_VERSION in .venv/bin"
+    return
+  fi
+  if ! command -v go >/dev/null 2>&1; then
+    say "kustomize: Go not found, skipped (the deploy tests that render manifests will skip)"
+    return
+  fi
+  say "kustomize: building $KUSTOMIZE_VERSION with go install"
+  GOBIN="$VENV/bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" ||
+    fail "go install of kustomize $KUSTOMIZE_VERSION failed (output above): check access to the Go module proxy"
+}
+
 resolve_kafka_jars() {
   local pom_hash
   pom_hash=$(sha256sum "$KAFKA_DIR/pom.xml" | cut -d' ' -f1)
@@ -184,8 +214,10 @@ main() {
   ensure_vmail_user
   stop_packaged_dovecot
   stop_exposed_postgresql_clusters
+  stop_packaged_prometheus
   resolve_kafka_jars
   setup_venv
+  install_kustomize
   say "done"
 }
 
