@@ -9,13 +9,16 @@ stack that ``up`` started, found through its state dir without flags; and
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import os
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from messagehub import db, inboxes, logs, stackctl
+from messagehub import db, inboxes, logs, secrets, stackctl
 from messagehub.importer import ForwardingClient, MailSourceError, import_paths
 
 log = logging.getLogger("messagehub.cli")
@@ -81,8 +84,105 @@ def cmd_agent_add(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAP_PASSWORD_ENV = "MESSAGEHUB_IMAP_PASSWORD"
+
+
+class ImapSettingsError(ValueError):
+    """The IMAP settings given on the command line cannot be saved."""
+
+
+def _configure_secrets(info: dict[str, Any]) -> None:
+    keys = os.environ.get("MESSAGEHUB_ENCRYPTION_KEYS") or info.get("encryption_keys", "")
+    secrets.configure(keys)
+
+
+def _read_imap_password(args: argparse.Namespace) -> str:
+    """Return the password from standard input or the environment, never from argv."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif os.environ.get(IMAP_PASSWORD_ENV):
+        password = os.environ[IMAP_PASSWORD_ENV]
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"IMAP password for {args.login}: ")
+    else:
+        raise ImapSettingsError(f"no IMAP password: pass --password-stdin and write it to "
+                                f"standard input, or set {IMAP_PASSWORD_ENV}")
+    if not password:
+        raise ImapSettingsError("the IMAP password is empty")
+    return password
+
+
+def cmd_inbox_imap(args: argparse.Namespace) -> int:
+    info = stackctl.stack_info()
+    _configure_secrets(info)
+    with _connect() as conn:
+        inbox = inboxes.find_inbox(conn, args.inbox)
+        if args.disable:
+            conn.execute("UPDATE inbox_imap SET sync_enabled = false WHERE inbox_id = %s",
+                         (inbox["id"],))
+            sys.stdout.write(f"IMAP sync of {inbox['name']} turned off\n")
+            return 0
+        if not args.host or not args.login:
+            raise ImapSettingsError("--host and --login are required to turn IMAP sync on")
+        if args.after_import == "move" and not args.move_to:
+            raise ImapSettingsError("--after-import move needs --move-to FOLDER")
+        token = secrets.encrypt(_read_imap_password(args))
+        start_at = None if args.backfill else (
+            datetime.now(timezone.utc) - timedelta(days=args.since_days))
+        conn.execute(
+            "INSERT INTO inbox_imap (inbox_id, host, port, username, password_encrypted, "
+            "security, sync_enabled, sync_folders, sync_start_at, sync_after_import, "
+            "sync_move_to) VALUES (%s, %s, %s, %s, %s, %s, true, %s, %s, %s, %s) "
+            "ON CONFLICT (inbox_id) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, "
+            "username = EXCLUDED.username, password_encrypted = EXCLUDED.password_encrypted, "
+            "security = EXCLUDED.security, sync_enabled = true, "
+            "sync_folders = EXCLUDED.sync_folders, sync_start_at = EXCLUDED.sync_start_at, "
+            "sync_after_import = EXCLUDED.sync_after_import, sync_move_to = EXCLUDED.sync_move_to",
+            (inbox["id"], args.host, args.port, args.login, token,
+             "tls" if args.security == "ssl" else args.security, args.folder or ["INBOX"],
+             start_at, args.after_import, args.move_to))
+    sys.stdout.write(f"IMAP sync of {inbox['name']} on: {args.login} at {args.host}:{args.port} "
+                     f"({args.security}), folders {', '.join(args.folder or ['INBOX'])}\n")
+    return 0
+
+
+def cmd_import_imap(args: argparse.Namespace, info: dict[str, Any]) -> int:
+    # The history import is ingest's catch-up run once, so the command borrows it.
+    from services.ingest.imap.connection import ImapSyncError
+    from services.ingest.imap.history import HistoryImportError, import_history
+
+    _configure_secrets(info)
+    with _connect() as conn:
+        inbox = inboxes.find_inbox(conn, args.inbox)
+    try:
+        results = import_history(
+            database_url=info["database_url"], kafka_bootstrap=info["kafka_bootstrap"],
+            inbox_id=inbox["id"], folders=args.folder or None,
+            ca_file=os.environ.get("MESSAGEHUB_TLS_CA_FILE") or info.get("tls_ca_file", ""))
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: run the same command again to resume\n")
+        return 130
+    except (HistoryImportError, ImapSyncError) as exc:
+        sys.stderr.write(f"messagehub: {exc}\n")
+        return 2
+    summary = {"inbox": inbox["name"],
+               "folders": [{"folder": r.folder, "imported": r.imported, "last_uid": r.last_uid}
+                           for r in results]}
+    if args.json:
+        _print_json(summary)
+    else:
+        for result in results:
+            sys.stdout.write(f"{result.folder}: {result.imported} mails handed to the pipeline "
+                             f"(up to UID {result.last_uid})\n")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     info = stackctl.stack_info()
+    if args.imap:
+        return cmd_import_imap(args, info)
+    if not args.paths:
+        raise MailSourceError("nothing to import: give a Maildir, mbox or .eml path, or --imap")
     with _connect() as conn:
         inbox = inboxes.find_inbox(conn, args.inbox)
     host, port = info["ingest_smtp"].rsplit(":", 1)
@@ -215,6 +315,33 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print the inbox as JSON")
     create.set_defaults(func=cmd_inbox_create)
 
+    imap = inbox.add_parser(
+        "imap", help="sync an inbox from its IMAP account; the password is read from standard "
+                     f"input (--password-stdin), from {IMAP_PASSWORD_ENV} or from a prompt")
+    imap.add_argument("--inbox", required=True, help="inbox name")
+    imap.add_argument("--host", help="IMAP server host name")
+    imap.add_argument("--port", type=int, default=993, help="IMAP port (default 993)")
+    imap.add_argument("--login", help="IMAP login, often the full address")
+    imap.add_argument("--security", default="ssl", choices=("ssl", "tls", "starttls", "none"),
+                      help="ssl (or tls): implicit TLS, usually port 993; starttls: usually 143; "
+                           "none: plaintext, for a server on loopback only (default ssl)")
+    imap.add_argument("--folder", action="append",
+                      help="folder to sync, as shown in mail clients; repeat for more "
+                           "(default INBOX)")
+    start = imap.add_mutually_exclusive_group()
+    start.add_argument("--since-days", type=float, default=0.0,
+                       help="the first sync imports mail that arrived in the last N days "
+                            "(default 0: only mail from now on)")
+    start.add_argument("--backfill", action="store_true",
+                       help="the first sync imports every mail of the folders")
+    imap.add_argument("--after-import", default="leave", choices=("leave", "mark_read", "move"),
+                      help="what to do with a mail on the server once imported (default leave)")
+    imap.add_argument("--move-to", help="folder for --after-import move")
+    imap.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of standard input")
+    imap.add_argument("--disable", action="store_true", help="turn the inbox's IMAP sync off")
+    imap.set_defaults(func=cmd_inbox_imap)
+
     agent = commands.add_parser("agent", help="manage agents").add_subparsers(
         dest="agent_command", required=True)
     add = agent.add_parser("add", help="add an agent to an inbox")
@@ -224,11 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--json", action="store_true", help="print the agent as JSON")
     add.set_defaults(func=cmd_agent_add)
 
-    imp = commands.add_parser("import", help="import a Maildir, an mbox file or .eml files")
+    imp = commands.add_parser("import", help="import a Maildir, an mbox file or .eml files, "
+                                             "or with --imap every mail of the inbox's IMAP "
+                                             "folders; safe to interrupt and run again")
     imp.add_argument("--inbox", required=True, help="inbox name")
     imp.add_argument("--concurrency", type=int, default=4, help="parallel SMTP connections")
     imp.add_argument("--json", action="store_true", help="print the counts as JSON")
-    imp.add_argument("paths", nargs="+", help="Maildir, mbox file, .eml file or folder of .eml")
+    imp.add_argument("--imap", action="store_true",
+                     help="import the inbox's own IMAP folders, all of their mail")
+    imp.add_argument("--folder", action="append",
+                     help="with --imap: only this folder; repeat for more")
+    imp.add_argument("paths", nargs="*", help="Maildir, mbox file, .eml file or folder of .eml")
     imp.set_defaults(func=cmd_import)
 
     conversations = commands.add_parser("conversations", help="list an inbox's conversations")
@@ -273,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup("WARNING")
     try:
         code = args.func(args)
-    except (inboxes.InboxError, stackctl.StackNotRunning, MailSourceError) as exc:
+    except (inboxes.InboxError, stackctl.StackNotRunning, MailSourceError, ImapSettingsError,
+            secrets.SecretsError) as exc:
         sys.stderr.write(f"messagehub: {exc}\n")
         code = 2
     raise SystemExit(code)

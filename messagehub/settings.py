@@ -47,6 +47,30 @@ class Settings:
     ingest_smtp_port: int = _setting(2525, "Port of the forwarding SMTP receiver.")
     ingest_max_message_bytes: int = _setting(
         50 * 1024 * 1024, "Largest mail the receiver accepts; advertised with SMTP SIZE.")
+    ingest_http_host: str = _setting("127.0.0.1", "Address the raw-MIME HTTP upload binds.")
+    ingest_http_port: int = _setting(8025, "Port of the raw-MIME HTTP upload.")
+    ingest_http_token: str = _setting(
+        "", "Bearer token the HTTP upload requires; when empty, uploads are refused.")
+    imap_idle_reissue_seconds: float = _setting(
+        600.0, "Longest time one IMAP IDLE command runs before DONE and a fresh check; at "
+        "most 1740 (29 minutes). Shorter finds a silently dead connection sooner.")
+    imap_poll_interval_seconds: float = _setting(
+        60.0, "Interval between checks of a folder whose server has no IDLE.")
+    imap_connect_timeout_seconds: float = _setting(15.0, "Timeout of an IMAP TCP/TLS connect.")
+    imap_read_timeout_seconds: float = _setting(
+        60.0, "Timeout of each IMAP socket read outside IDLE; a server silent for longer is "
+        "treated as gone and the sync reconnects.")
+    imap_fetch_batch: int = _setting(100, "Most mails fetched by one IMAP FETCH command.")
+    imap_max_attempts: int = _setting(
+        3, "Attempts at fetching one IMAP mail before it is quarantined.")
+    imap_retry_base_seconds: float = _setting(
+        60.0, "Wait before the second attempt at a failed IMAP mail; it doubles per attempt.")
+    imap_reconnect_max_seconds: float = _setting(
+        300.0, "Longest wait between IMAP reconnects after network or server errors.")
+    imap_auth_retry_seconds: float = _setting(
+        300.0, "First wait after an IMAP login or TLS failure; it doubles up to an hour.")
+    imap_reconcile_seconds: float = _setting(
+        60.0, "Interval at which ingest compares its running IMAP syncs with the database.")
 
     relay_smtp_host: str = _setting(
         "127.0.0.1", "SMTP relay for inboxes without SMTP settings of their own.")
@@ -99,6 +123,8 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("topic_partitions", "ingest_smtp_port", "relay_smtp_port",
                      "metrics_port", "api_port", "ingest_max_message_bytes",
+                     "ingest_http_port", "imap_fetch_batch", "imap_max_attempts",
+                     "imap_poll_interval_seconds", "imap_read_timeout_seconds",
                      "smtp_max_attempts", "outbound_max_sends_per_minute",
                      "auto_mail_max_per_conversation", "auto_mail_max_per_recipient_hour",
                      "csat_survey_valid_days", "smtp_greeting_timeout_seconds"):
@@ -109,6 +135,9 @@ class Settings:
         if self.relay_smtp_encryption not in ("auto", "tls", "starttls", "none"):
             raise SettingsError(f"{ENV_PREFIX}RELAY_SMTP_ENCRYPTION is invalid: "
                                 f"{self.relay_smtp_encryption!r}: use auto, tls, starttls or none")
+        if not 0 < self.imap_idle_reissue_seconds <= 1740:
+            raise SettingsError(f"{ENV_PREFIX}IMAP_IDLE_REISSUE_SECONDS must be > 0 and at most "
+                                f"1740 (29 minutes): {self.imap_idle_reissue_seconds!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL is invalid: {self.log_level!r}")
 

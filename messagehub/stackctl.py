@@ -54,6 +54,7 @@ SERVICES = (
     ServiceSpec("api", "services.api", 105),
 )
 INGEST_SMTP_OFFSET = 26
+INGEST_HTTP_OFFSET = 81
 API_HTTP_OFFSET = 80
 
 
@@ -74,7 +75,8 @@ def local_stack(state_dir: Path | None = None, port_base: int | None = None) -> 
 
 
 def service_settings(stack: LocalStack, spec: ServiceSpec, secret_key: str = "",
-                     api_token: str = "", encryption_keys: str = "") -> Settings:
+                     api_token: str = "", encryption_keys: str = "",
+                     ingest_token: str = "") -> Settings:
     """Return the settings one service process of this stack runs with."""
     base = stack.port_base
     return Settings(
@@ -93,6 +95,8 @@ def service_settings(stack: LocalStack, spec: ServiceSpec, secret_key: str = "",
         secret_key=secret_key,
         api_token=api_token,
         faust_data_dir=str(stack.state_dir / "faust"),
+        ingest_http_port=base + INGEST_HTTP_OFFSET,
+        ingest_http_token=ingest_token,
     )
 
 
@@ -117,9 +121,11 @@ def _local_encryption_key(state_dir: Path) -> str:
 
 
 def _service_process(stack: LocalStack, spec: ServiceSpec, secret_key: str = "",
-                     api_token: str = "", encryption_keys: str = "") -> ManagedProcess:
+                     api_token: str = "", encryption_keys: str = "",
+                     ingest_token: str = "") -> ManagedProcess:
     """Describe one service process; stopping or inspecting it needs no secret."""
-    settings = service_settings(stack, spec, secret_key, api_token, encryption_keys)
+    settings = service_settings(stack, spec, secret_key, api_token, encryption_keys,
+                                ingest_token)
     ready_port = settings.ingest_smtp_port if spec.name == "ingest" else (
         settings.api_port if spec.name == "api" else settings.metrics_port)
     return ManagedProcess(
@@ -141,6 +147,9 @@ def create_topics(bootstrap: str, partitions: int) -> None:
         existing = set(admin.list_topics())
         missing = {name: {"num_partitions": partitions, "replication_factor": 1}
                    for name in topics.ALL_TOPICS if name not in existing}
+        if topics.IMAP_ASSIGNMENT in missing:
+            missing[topics.IMAP_ASSIGNMENT]["num_partitions"] = max(
+                partitions, topics.IMAP_ASSIGNMENT_PARTITIONS)
         if missing:
             try:
                 admin.create_topics(missing, wait_for_metadata=True)
@@ -161,15 +170,18 @@ def up(state_dir: Path | None = None, port_base: int | None = None,
     secret_key = _local_secret(stack.state_dir, "secret_key")
     api_token = _local_secret(stack.state_dir, "api_token")
     encryption_keys = _local_encryption_key(stack.state_dir)
-    _write_stack_info(stack, api_token, encryption_keys)
+    ingest_token = _local_secret(stack.state_dir, "ingest_token")
+    _write_stack_info(stack, api_token, encryption_keys, ingest_token)
 
     (stack.state_dir / "services").mkdir(parents=True, exist_ok=True)
     for spec in SERVICES:
-        _service_process(stack, spec, secret_key, api_token, encryption_keys).start()
+        _service_process(stack, spec, secret_key, api_token, encryption_keys,
+                         ingest_token).start()
     return status(state_dir, port_base)
 
 
-def _write_stack_info(stack: LocalStack, api_token: str, encryption_keys: str = "") -> None:
+def _write_stack_info(stack: LocalStack, api_token: str, encryption_keys: str = "",
+                      ingest_token: str = "") -> None:
     # The file holds the database password and the API token: owner only.
     path = stack.state_dir / STACK_FILE
     path.touch(mode=0o600)
@@ -185,6 +197,9 @@ def _write_stack_info(stack: LocalStack, api_token: str, encryption_keys: str = 
         "imaps": f"127.0.0.1:{stack.imaps_port}",
         "tls_ca_file": str(stack.imap_ca_file),
         "encryption_keys": encryption_keys,
+        "dovecot_config": str(stack.state_dir / "dovecot" / "dovecot.conf"),
+        "ingest_http": f"http://127.0.0.1:{stack.port_base + INGEST_HTTP_OFFSET}",
+        "ingest_token": ingest_token,
         "api": f"http://127.0.0.1:{stack.port_base + API_HTTP_OFFSET}",
         "api_token": api_token,
     }, indent=2), encoding="utf-8")

@@ -27,4 +27,10 @@ RECORD_OF_TOPIC = {
     OUTBOUND_DEAD_LETTER: "DeadLetter",
 }
 
-ALL_TOPICS = tuple(RECORD_OF_TOPIC)
+# Ingest replicas join one consumer group on this topic and sync the IMAP
+# inboxes whose id, as a key, falls on the partitions they are assigned. It
+# carries no records; its partitions are only the unit of ownership.
+IMAP_ASSIGNMENT = "ingest.imap-assignment"
+IMAP_ASSIGNMENT_PARTITIONS = 16
+
+ALL_TOPICS = (*RECORD_OF_TOPIC, IMAP_ASSIGNMENT)

@@ -65,8 +65,11 @@ userdb {{
   args = uid={mail_uid} gid={mail_gid} home={root}/mail/%u
 }}
 mail_location = maildir:~/Maildir
+# "/" as the hierarchy separator, as most providers use; Maildir++ keeps "."
+# on disk.
 namespace inbox {{
   inbox = yes
+  separator = /
 }}
 
 service imap-login {{
@@ -89,6 +92,10 @@ service doveadm {{
 protocol imap {{
   mail_max_userip_connections = 50
 }}
+# Each IMAP connection holds one imap process (and a TLS one an imap-login
+# process too); the default limit of 100 would refuse the 101st IDLE client.
+default_process_limit = 1000
+default_client_limit = 4000
 """
 
 

@@ -24,14 +24,18 @@ ACK_TIMEOUT_SECONDS = 30.0
 
 
 class MailPublisher:
-    def __init__(self, bootstrap_servers: str) -> None:
+    """Sends ``MailReceived`` records to ``topic`` (``mail.received`` unless a test says otherwise)."""
+
+    def __init__(self, bootstrap_servers: str, *, topic: str = topics.MAIL_RECEIVED,
+                 max_block_ms: int = 10_000) -> None:
+        self._topic = topic
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers.split(","),
             client_id="messagehub-ingest",
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
-            max_block_ms=10_000,
+            max_block_ms=max_block_ms,
             request_timeout_ms=15_000,
         )
 
@@ -48,8 +52,8 @@ class MailPublisher:
             loop.call_soon_threadsafe(_resolve, acknowledged, exc)
 
         future = await loop.run_in_executor(
-            None, lambda: self._producer.send(topics.MAIL_RECEIVED,
-                                              key=record["inbox_id"].encode(), value=value))
+            None, lambda: self._producer.send(self._topic, key=record["inbox_id"].encode(),
+                                              value=value))
         future.add_callback(on_success)
         future.add_errback(on_error)
         await asyncio.wait_for(acknowledged, ACK_TIMEOUT_SECONDS)

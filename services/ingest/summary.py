@@ -27,10 +27,15 @@ class HeaderSummary:
 def summarize(raw: bytes) -> HeaderSummary:
     """Return Message-ID, Subject and From address of ``raw``, each None when unreadable."""
     headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    # raw_items() gives the header text itself; get() would wrap a header
+    # with 8-bit bytes in a Header object whose str() loses them.
+    fields: dict[str, str] = {}
+    for name, value in headers.raw_items():
+        fields.setdefault(name.lower(), value)
     return HeaderSummary(
-        message_id=_message_id(headers.get("Message-ID")),
-        subject=_subject(headers.get("Subject")),
-        from_address=_from_address(headers.get("From")),
+        message_id=_message_id(fields.get("message-id")),
+        subject=_subject(fields.get("subject")),
+        from_address=_from_address(fields.get("from")),
     )
 
 
@@ -42,15 +47,33 @@ def _message_id(value: object) -> str | None:
 def _subject(value: object) -> str | None:
     if value is None:
         return None
+    text = _undo_surrogates(str(value))
     try:
-        return str(make_header(decode_header(str(value))))[:_MAX_SUMMARY_CHARS]
+        return _undo_surrogates(str(make_header(decode_header(text))))[:_MAX_SUMMARY_CHARS]
     except (LookupError, UnicodeError, ValueError):
         # An unknown charset or a broken encoded word: keep the raw text.
-        return str(value)[:_MAX_SUMMARY_CHARS]
+        return text[:_MAX_SUMMARY_CHARS]
+
+
+def _undo_surrogates(text: str) -> str:
+    """Return ``text`` with raw 8-bit header bytes decoded as UTF-8, else CP932.
+
+    The compat32 parser keeps such bytes as lone surrogates, which Avro
+    cannot encode; many Japanese mailers send raw UTF-8 or Shift_JIS headers.
+    """
+    if text.isascii() or not any("\udc80" <= char <= "\udcff" for char in text):
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    for charset in ("utf-8", "cp932"):
+        try:
+            return raw.decode(charset)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("utf-8", "replace")
 
 
 def _from_address(value: object) -> str | None:
     if value is None:
         return None
-    address = parseaddr(str(value))[1]
+    address = parseaddr(_undo_surrogates(str(value)))[1]
     return address[:_MAX_SUMMARY_CHARS] or None
