@@ -25,6 +25,7 @@ PACKAGES=(
   util-linux    # runuser
   ca-certificates
   prometheus    # promtool, for the deploy tests; its server is kept stopped
+  chromium-headless-shell  # the survey page test in a browser; about 65 MB
 )
 
 say() { printf 'install.sh: %s\n' "$*"; }
