@@ -34,7 +34,7 @@ import asyncio
 import heapq
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,18 +59,21 @@ log = logging.getLogger(__name__)
 SOURCE_TOPICS = (topics.MAIL_RECEIVED, topics.MAIL_SENT)
 CONFIGURATION_TABLES = ("inboxes", "agents", "inbox_agents", "raw_mails")
 
-# The router's tables and their sort keys. Columns other stages own are
-# left out: conversations.assignee_id belongs to assign.
+# The router's tables, each with the condition that limits it to some
+# inboxes and its sort key. Columns other stages own are left out:
+# conversations.assignee_id belongs to assign.
+_IN_INBOXES = "inbox_id = ANY(%(inboxes)s)"
 SNAPSHOT_QUERIES = {
-    "contacts": "SELECT * FROM contacts ORDER BY id",
+    "contacts": f"SELECT * FROM contacts WHERE {_IN_INBOXES} ORDER BY id",
     "conversations": "SELECT id, inbox_id, contact_id, subject, status, reply_token, created_at, "
                      "last_message_at, subject_key, started_by_reply, superseded_by "
-                     "FROM conversations ORDER BY id",
-    "messages": "SELECT * FROM messages ORDER BY id",
-    "thread_keys": "SELECT * FROM thread_keys ORDER BY inbox_id, message_id",
-    "conversation_participants": "SELECT * FROM conversation_participants "
+                     f"FROM conversations WHERE {_IN_INBOXES} ORDER BY id",
+    "messages": f"SELECT * FROM messages WHERE {_IN_INBOXES} ORDER BY id",
+    "thread_keys": f"SELECT * FROM thread_keys WHERE {_IN_INBOXES} ORDER BY inbox_id, message_id",
+    "conversation_participants": "SELECT * FROM conversation_participants WHERE conversation_id "
+                                 f"IN (SELECT id FROM conversations WHERE {_IN_INBOXES}) "
                                  "ORDER BY conversation_id, address",
-    "notices": "SELECT * FROM notices ORDER BY id",
+    "notices": f"SELECT * FROM notices WHERE {_IN_INBOXES} ORDER BY id",
 }
 
 
@@ -278,10 +281,18 @@ def replay(*, source_url: str, target_url: str, bootstrap: str, stage: RouterSta
     return result
 
 
-def snapshot(database_url: str) -> dict[str, list[dict[str, Any]]]:
-    """Return the router's tables in a fixed order, for comparing two databases."""
+def snapshot(database_url: str,
+             inbox_ids: Collection[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Return the router's tables in a fixed order, for comparing two databases.
+
+    With ``inbox_ids``, only the rows of those inboxes.
+    """
     with db.connect(database_url) as conn:
-        return {table: conn.execute(query).fetchall() for table, query in SNAPSHOT_QUERIES.items()}
+        if inbox_ids is None:
+            inbox_ids = [str(row["id"]) for row in conn.execute("SELECT id FROM inboxes")]
+        params = {"inboxes": list(inbox_ids)}
+        return {table: conn.execute(query, params).fetchall()
+                for table, query in SNAPSHOT_QUERIES.items()}
 
 
 def differences(left: dict[str, list[dict[str, Any]]],
