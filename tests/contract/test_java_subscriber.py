@@ -148,40 +148,57 @@ def _inbox_with_events(stack: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 def _wait_for_outgoing_messages(bootstrap: str, inbox_id: str, *, count: int) -> None:
     # The greetings come back through outbound, mail.sent and the router.
     deadline = time.monotonic() + PIPELINE_TIMEOUT_SECONDS
-    while True:
-        outgoing = [event for event in _python_events(bootstrap).values()
-                    if event["inbox_id"] == inbox_id and event["type"] == "MESSAGE_ADDED"
-                    and event["direction"] == "outgoing"]
-        if len(outgoing) >= count:
-            return
-        assert time.monotonic() < deadline, \
-            f"inbox {inbox_id}: {len(outgoing)} of {count} outgoing messages after " \
-            f"{PIPELINE_TIMEOUT_SECONDS} s"
-        time.sleep(1)
+    reader = _TopicReader(bootstrap)
+    try:
+        while True:
+            outgoing = [event for event in reader.read_to_end().values()
+                        if event["inbox_id"] == inbox_id and event["type"] == "MESSAGE_ADDED"
+                        and event["direction"] == "outgoing"]
+            if len(outgoing) >= count:
+                return
+            assert time.monotonic() < deadline, \
+                f"inbox {inbox_id}: {len(outgoing)} of {count} outgoing messages after " \
+                f"{PIPELINE_TIMEOUT_SECONDS} s"
+            time.sleep(1)
+    finally:
+        reader.close()
 
 
 def _python_events(bootstrap: str) -> dict[str, dict[str, Any]]:
     """Decode conversation.events from the beginning up to its current end."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    reader = _TopicReader(bootstrap)
     try:
-        partitions = [TopicPartition(topics.CONVERSATION_EVENTS, partition) for partition
-                      in sorted(consumer.partitions_for_topic(topics.CONVERSATION_EVENTS))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-
-        events: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-        while any(consumer.position(partition) < ends[partition] for partition in partitions):
-            assert time.monotonic() < deadline, "reading conversation.events timed out"
-            for partition, records in consumer.poll(timeout_ms=1000).items():
-                for record in records:
-                    if record.offset < ends[partition]:
-                        _, event = codec.decode(record.value)
-                        events[event["event_id"]] = event
-        return events
+        return reader.read_to_end()
     finally:
-        consumer.close()
+        reader.close()
+
+
+class _TopicReader:
+    """Decodes conversation.events with the Python codec, from the beginning on."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._partitions = [
+            TopicPartition(topics.CONVERSATION_EVENTS, partition) for partition
+            in sorted(self._consumer.partitions_for_topic(topics.CONVERSATION_EVENTS))]
+        self._consumer.assign(self._partitions)
+        self._consumer.seek_to_beginning(*self._partitions)
+        self.events: dict[str, dict[str, Any]] = {}
+
+    def read_to_end(self) -> dict[str, dict[str, Any]]:
+        """Read on up to the topic's current end; return every event read so far by id."""
+        ends = self._consumer.end_offsets(self._partitions)
+        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+        while any(self._consumer.position(p) < ends[p] for p in self._partitions):
+            assert time.monotonic() < deadline, "reading conversation.events timed out"
+            for partition, records in self._consumer.poll(timeout_ms=1000).items():
+                for record in records:
+                    _, event = codec.decode(record.value)
+                    self.events[event["event_id"]] = event
+        return self.events
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 # --- the Java example ---------------------------------------------------------
