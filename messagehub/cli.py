@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from messagehub import db, inboxes, logs, secrets, stackctl
+from messagehub import cli_assign, db, inboxes, logs, secrets, stackctl
 from messagehub.importer import ForwardingClient, MailSourceError, import_paths
 
 log = logging.getLogger("messagehub.cli")
@@ -398,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run messagehub end to end on sample mail")
     demo.add_argument("--mail", help="your own Maildir, mbox file or folder of .eml instead")
     demo.set_defaults(func=cmd_demo)
+
+    cli_assign.add_commands(inbox=inbox, agent=agent, conversation=conversation_commands)
     return parser
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
-from messagehub import ids
+from messagehub import business_hours, ids
 
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
@@ -183,5 +185,64 @@ def _inbox_json(row: dict[str, Any]) -> dict[str, Any]:
         "greeting_text": row["greeting_text"],
         "auto_assign_enabled": row["auto_assign_enabled"],
         "auto_assign_limit": row["auto_assign_limit"],
+        "assign_chooser": row.get("assign_chooser"),
         "locale": row["locale"],
+        "business_hours": _business_hours_json(row),
     }
+
+
+def _business_hours_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "enabled": row.get("business_hours_enabled"),
+        "time_zone": row.get("time_zone"),
+        "hours": row.get("business_hours"),
+        "holidays": [str(day) for day in row.get("holidays") or ()],
+        "out_of_hours_enabled": row.get("out_of_hours_enabled"),
+        "out_of_hours_text": row.get("out_of_hours_text"),
+    }
+
+
+def set_business_hours(conn: psycopg.Connection[Any], inbox: str, *,
+                       enabled: bool | None = None, time_zone: str | None = None,
+                       days: Mapping[str, str] | None = None,
+                       holidays: Sequence[str] | None = None,
+                       out_of_hours_enabled: bool | None = None,
+                       out_of_hours_text: str | None = None) -> dict[str, Any]:
+    """Change an inbox's business hours and out-of-hours note; return the new settings.
+
+    ``days`` maps weekdays ("mon" … "sun") to what messagehub.business_hours.parse_day_hours
+    reads ("09:00-12:00,13:00-17:00", "all-day", "closed"); weekdays not named keep
+    their hours. ``holidays`` replaces the list of closed dates. An empty
+    ``out_of_hours_text`` goes back to the default text. None leaves a setting as it is.
+    """
+    target = find_inbox(conn, inbox)
+    cursor = conn.execute("SELECT * FROM inboxes WHERE id = %s FOR NO KEY UPDATE",
+                          (target["id"],))
+    row = cursor.fetchone()
+    assert row is not None
+
+    hours = dict(row["business_hours"] or {})
+    zone = row["time_zone"] if time_zone is None else time_zone.strip()
+    closed_dates = [str(day) for day in row["holidays"]] if holidays is None else list(holidays)
+    try:
+        for weekday, spec in (days or {}).items():
+            if weekday not in business_hours.WEEKDAYS:
+                raise business_hours.BusinessHoursError(
+                    f"unknown weekday {weekday!r}: use {', '.join(business_hours.WEEKDAYS)}")
+            parsed = business_hours.parse_day_hours(spec)
+            hours[weekday] = [str(interval).split("-") for interval in parsed]
+        schedule = business_hours.schedule_from_settings(zone, hours, closed_dates)
+    except business_hours.BusinessHoursError as exc:
+        raise InboxError(str(exc)) from None
+
+    cursor = conn.execute(
+        "UPDATE inboxes SET business_hours_enabled = coalesce(%s, business_hours_enabled), "
+        "time_zone = %s, business_hours = %s, holidays = %s, "
+        "out_of_hours_enabled = coalesce(%s, out_of_hours_enabled), "
+        "out_of_hours_text = CASE WHEN %s::text IS NULL THEN out_of_hours_text "
+        "ELSE nullif(%s::text, '') END WHERE id = %s RETURNING *",
+        (enabled, zone, Jsonb(hours), sorted(schedule.holidays),
+         out_of_hours_enabled, out_of_hours_text, out_of_hours_text, row["id"]))
+    updated = cursor.fetchone()
+    assert updated is not None
+    return {"inbox": updated["name"], **_business_hours_json(updated)}
