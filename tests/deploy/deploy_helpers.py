@@ -9,6 +9,7 @@ lists the metrics the services export.
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
@@ -121,7 +122,7 @@ def to_json_schema(node: dict[str, Any], *, strict: bool = True) -> dict[str, An
     """Convert a structural OpenAPI v3 schema of a CRD into a JSON Schema.
 
     With ``strict``, an object that lists its properties rejects any other
-    field, as the API server's strict field validation does; without it the
+    field, as the API server's strict field validation does. Without it, the
     server would silently prune a misspelt field. Schemas inside anyOf, oneOf
     and allOf only add value checks to fields declared elsewhere, so they are
     never made strict.
@@ -222,15 +223,17 @@ def exported_metrics() -> dict[str, dict[str, Any]]:
     """
     from prometheus_client.metrics import MetricWrapperBase
 
-    import messagehub.metrics
-    import services.ingest.metrics
-    import services.outbound.metrics
+    # Each service declares its metrics in services/<name>/metrics.py, and the
+    # shared ones are in messagehub/metrics.py.
+    names = ["messagehub.metrics"] + [
+        f"services.{path.parent.name}.metrics"
+        for path in sorted((REPO_ROOT / "services").glob("*/metrics.py"))]
 
     families: dict[str, dict[str, Any]] = {}
-    for module in (messagehub.metrics, services.ingest.metrics, services.outbound.metrics):
+    for module in map(importlib.import_module, names):
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):
-                _add_family(families, value._name, value._type, list(value._labelnames))
+                _add_family(families, value._name, str(value._type), list(value._labelnames))
 
     for name, labels in _assignment_queue_families().items():
         _add_family(families, name, "gauge", labels)

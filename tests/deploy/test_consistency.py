@@ -28,7 +28,8 @@ SERVICES = ("ingest", "router", "assign", "outbound", "api")
 
 
 def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
-    return deployment["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return containers
 
 
 def _partitions(resources: list[dict[str, Any]]) -> dict[str, int]:

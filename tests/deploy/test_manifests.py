@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
-from kubernetes_validate import utils as kubernetes_validate
+from kubernetes_validate import utils as kubernetes_validate  # type: ignore[import-untyped]
 
 from tests.deploy.deploy_helpers import OVERLAYS, by_name, is_custom, of_kind
 

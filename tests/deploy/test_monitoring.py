@@ -2,9 +2,9 @@
 
 promtool checks the PrometheusRule and runs the alerts' unit tests. Every
 metric named by an alert, a dashboard query or ``docs/metrics.md`` must be
-one the services export (or one of the few exported by Prometheus itself
-and Strimzi's Kafka Exporter), and every metric the services export must be
-in the catalogue. Every alert has its section in ``docs/runbooks.md``.
+one the services export, or one of the few that Prometheus itself and
+Strimzi's Kafka Exporter export. Every metric the services export must be in
+the catalogue, and every alert has its section in ``docs/runbooks.md``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from tests.deploy.deploy_helpers import (EXTERNAL_METRICS, MONITORING_DIR, REPO_ROOT,
                                          catalogue_rows, dashboard_expressions,
@@ -33,12 +33,14 @@ RUNBOOKS = REPO_ROOT / "docs" / "runbooks.md"
 
 @pytest.fixture(scope="module")
 def rule_spec() -> dict[str, Any]:
-    return yaml.safe_load(RULE_FILE.read_text(encoding="utf-8"))["spec"]
+    spec: dict[str, Any] = yaml.safe_load(RULE_FILE.read_text(encoding="utf-8"))["spec"]
+    return spec
 
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return loaded
 
 
 @pytest.fixture(scope="module")
