@@ -1,7 +1,7 @@
--- What the router stores beyond the core tables: inbox threading settings,
--- the subject fallback and successor links of conversations, who takes part
--- in each conversation (the trust check of threading reads it), and the
--- decoded details of each message. Applied after 001-core.sql; every
+-- Router tables and columns beyond the core schema: inbox threading
+-- settings, the subject fallback and successor links of conversations, the
+-- participants of each conversation (read by the trust check of threading),
+-- and the decoded details of each message. Applied after 001-core.sql; every
 -- statement is safe to run again.
 
 -- A reply to a conversation resolved longer than this ago starts a new

@@ -159,9 +159,9 @@ _EXTRA_ATTRIBUTES = {
 def sanitize_html(html: str, cid_urls: Mapping[str, str] | None = None) -> str:
     """Remove scripts, event handlers and unsafe URLs; keep layout and cid: images.
 
-    With ``cid_urls`` (content id to URL), the src of an image that refers
-    to one of those content ids is replaced by its URL in the same pass;
-    other cid: references stay as they are.
+    ``cid_urls`` maps content ids to URLs. An image whose src refers to one
+    of those content ids gets its URL in the same pass, and other cid:
+    references stay as they are.
     """
     attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
     for tag, names in _EXTRA_ATTRIBUTES.items():

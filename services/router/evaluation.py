@@ -9,8 +9,8 @@ Pure functions; no stack needed.
 Pairwise scores count pairs of files: a pair is predicted when both files
 are in one conversation and true when both carry one label. Precision is
 correct predicted pairs over predicted pairs, recall correct pairs over
-true pairs. A file that no conversation holds (it became a notice) is a
-cluster of its own.
+true pairs. A file that is in no conversation (it became a notice) is
+a cluster of its own.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ reads those tables so a caller can compare two databases.
 
 The rebuild:
 
-1. applies the schema to the target database and refuses one that already
-   holds conversations or messages;
+1. applies the schema to the target database and rejects one that already
+   contains conversations or messages;
 2. copies what the topics do not carry from the source database: the
    inbox configuration (inboxes, agents, inbox_agents) and the raw mail
    store (``raw_mails``, the claim-check bytes the events name);
@@ -78,7 +78,7 @@ SNAPSHOT_QUERIES = {
 
 
 class ReplayError(RuntimeError):
-    """The replay cannot start; the message says which database or topic is wrong."""
+    """The replay cannot start; the message names the database or topic that is wrong."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def prepare_target(source_url: str, target_url: str) -> None:
         row = target.execute("SELECT (SELECT count(*) FROM conversations) + "
                              "(SELECT count(*) FROM messages) AS n").fetchone()
         if row is None or row["n"]:
-            raise ReplayError("the target database already holds conversations or messages: "
+            raise ReplayError("the target database is not empty, it contains conversations or messages: "
                               "replay into a new, empty database")
 
     with db.connect(source_url) as source, db.connect(target_url) as target:

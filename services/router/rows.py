@@ -40,7 +40,7 @@ async def load_inbox(conn: AsyncConnection[Any], inbox_id: str) -> Row | None:
 
 
 async def is_known(conn: AsyncConnection[Any], inbox_id: str, dedup_key: str) -> bool:
-    """Tell whether the inbox already holds a message or notice with this dedup key."""
+    """Tell whether the inbox already contains a message or notice with this dedup key."""
     row = await fetch_one(
         conn, "SELECT EXISTS (SELECT 1 FROM messages WHERE inbox_id = %(inbox)s "
               "AND dedup_key = %(key)s) OR EXISTS (SELECT 1 FROM notices "

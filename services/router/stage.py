@@ -6,8 +6,8 @@ poll in one transaction, so the rows written here and the events queued in
 the outbox commit together or not at all.
 
 For an incoming mail the stage reads the raw bytes from the store, parses
-them, and drops a copy it already holds (same inbox and Message-ID, or the
-raw digest when the id is missing or unusable). Provider forwarding
+them, and skips a mail the inbox already contains (same Message-ID, or the
+same raw digest when the id is missing or unusable). Provider forwarding
 confirmations become notices for admins. Otherwise the mail is threaded by
 the rules of ``threader`` (reply token, In-Reply-To, References newest
 first, own Message-ID, subject fallback, each checked for trust); a bounce
@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 # Kinds written by a person: they reopen a resolved conversation.
 REOPENING_KINDS = frozenset({"customer", "list"})
-# Kinds that answer something: when no conversation takes them, nobody asked
-# for anything, so they go to the notices instead of the agents' queue.
+# Kinds that respond to earlier mail. When no conversation takes one, it
+# contains no request, so it is stored as a notice and not queued for agents.
 NOTICE_WHEN_UNMATCHED = frozenset({"bounce", "auto_reply"})
 
 
@@ -78,7 +78,7 @@ def attachment_url(message_id: str, sha256: str) -> str:
 
 @dataclass
 class Placement:
-    """Where an incoming mail goes, as decided by threading."""
+    """The conversation an incoming mail goes to, as threading decided."""
 
     conversation: rows.Row | None  # None: a new conversation
     rule: str  # a threader.RULE_* name
@@ -372,7 +372,7 @@ class RouterStage:
 
 def _resolve_reopening(inbox: rows.Row, mail: ParsedMail, record: dict[str, Any],
                        conversation: rows.Row, rule: str) -> Placement:
-    """Keep the found conversation, or start its successor when the inbox says so."""
+    """Keep the found conversation, or start its successor when the inbox setting requires it."""
     if mail.kind in REOPENING_KINDS and threader.starts_new_conversation(
             conversation["status"], conversation["last_message_at"], record["occurred_at"],
             inbox["new_conversation_after_days"]):
@@ -386,8 +386,8 @@ def _resolve_reopening(inbox: rows.Row, mail: ParsedMail, record: dict[str, Any]
 def _thread_ids(mail: ParsedMail) -> tuple[list[str], list[str]]:
     """Return (In-Reply-To, References) that thread this mail.
 
-    A bounce threads through the headers of the mail that bounced: that
-    mail's own Message-ID counts as the id it answers.
+    A bounce threads through the headers of the mail that bounced, and
+    that mail's own Message-ID is treated as the id the bounce replies to.
     """
     if mail.bounce is None:
         return list(mail.in_reply_to), list(mail.references)

@@ -1,9 +1,9 @@
 """``messagehub thread-eval DIR``: how well the running pipeline threads a corpus.
 
-The command imports every ``.eml`` file of DIR, in Date order as mail would
-arrive, through the forwarding receiver of the running stack into a
-scratch inbox of its own (no greeting, no agents), waits until the router
-has placed every mail, and scores the conversations against
+The command sends every ``.eml`` file of DIR through the forwarding
+receiver of the running stack, in Date order as the mail would have
+arrived, into a scratch inbox of its own with no greeting and no agents.
+Once the router has placed every mail, it scores the conversations against
 ``DIR/threads.json`` (file name to thread label) with
 ``evaluation.pairwise_scores``. It scores the References-only union-find
 baseline on the same files too. The scratch inbox is kept, so its
@@ -36,7 +36,7 @@ WAIT_TIMEOUT_SECONDS = 300.0
 
 
 class ThreadEvalError(RuntimeError):
-    """The corpus folder cannot be evaluated; the message says what is missing."""
+    """The corpus folder cannot be evaluated; the message names what is missing."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def _create_scratch_inbox(stack: dict[str, Any], corpus_name: str) -> dict[str, 
 
 
 def _import_in_order(stack: dict[str, Any], inbox: dict[str, Any], raws: dict[str, bytes]) -> None:
-    # One at a time, so the router sees the mails in the order they were sent.
+    # One at a time, so the router receives the mails in the order they were sent.
     host, port = stack["ingest_smtp"].rsplit(":", 1)
     client = ForwardingClient(host, int(port), inbox["forwarding_address"])
     for name in arrival_order(raws):

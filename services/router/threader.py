@@ -1,8 +1,8 @@
 """Threading decisions of the router, as pure functions.
 
-The router stage asks these functions which keys to look up, in which
-order, and whether a conversation it found may take the mail; it runs the
-lookups against its tables itself. The rules, scoped to one inbox:
+The router stage calls these functions to learn which keys to look up,
+in which order, and whether a conversation it found may take the mail. It
+runs the lookups against its tables itself. The rules, scoped to one inbox:
 
 1. A reply address that messagehub issued (``reply+<token>@<inbound
    domain>``) in To, Cc, Delivered-To or the envelope names the
@@ -232,8 +232,8 @@ def subject_key(correspondent: str, subject: str) -> str | None:
     """Return the key under which the subject fallback finds a conversation.
 
     ``correspondent`` is the contact's address, or the list's participant key
-    for list mail. None when the subject is empty after normalization:
-    empty subjects say nothing about the thread.
+    for list mail. None when the subject is empty after normalization,
+    because an empty subject carries no thread information.
     """
     normalized = normalize_subject(subject)
     if not normalized.text:

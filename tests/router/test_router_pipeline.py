@@ -30,7 +30,7 @@ from tests.pipeline_helpers import conversation_detail, conversations, create_in
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
 
 pytestmark = pytest.mark.stack
 
