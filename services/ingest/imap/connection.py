@@ -104,6 +104,16 @@ def connect(account: ImapAccount, options: ConnectOptions,
     return client
 
 
+def folder_names(client: IMAPClient) -> list[str]:
+    """Return the names of the account's folders as people read them.
+
+    Servers send names in modified UTF-7 (RFC 3501, 5.1.3); imapclient
+    decodes them here and encodes them again in SELECT, so a name such as
+    ``問い合わせ/重要`` or ``R&D`` round-trips exactly.
+    """
+    return [name for _flags, _delimiter, name in client.list_folders()]
+
+
 def _enable_keepalive(sock: socket.socket) -> None:
     # A peer that vanishes without FIN or RST (a NAT timeout, a cut link) is
     # noticed after about 60 + 4 * 15 s even while the client sits in IDLE.
@@ -153,7 +163,8 @@ def classify(exc: BaseException, account: ImapAccount) -> ImapSyncError:
         return ImapSyncError("tls", f"{where}: TLS failed ({exc.reason}); check that security "
                              "matches the port: tls for 993, starttls for 143")
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return ImapSyncError("timeout", f"{where}: the server did not answer in time")
+        return ImapSyncError("timeout", f"{where}: the server did not answer in time; if "
+                             "the port expects implicit TLS (usually 993), use security tls")
     if isinstance(exc, imap_errors.IMAPClientAbortError):
         return ImapSyncError("connect", f"{where}: the connection was lost: "
                              f"{_server_text(exc, account)}")

@@ -284,6 +284,8 @@ class FolderSync:
         start_at = self.account.start_at
         if start_at is None or exists == 0:
             return 1
+        # INTERNALDATE has whole seconds: a mail of the same second counts as after.
+        start_at = start_at.replace(microsecond=0)
         position = plan.first_at_or_after(
             exists, lambda seq: self._at_sequence(client, seq, b"INTERNALDATE"), start_at)
         if position is None:
