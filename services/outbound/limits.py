@@ -3,12 +3,13 @@
 The outbound stage calls :func:`automatic_mail_suppression` before each
 greeting, out-of-hours note and survey. Besides the rules of loops.py it
 caps automatic mail per recipient: at most ``max_per_conversation`` in one
-conversation, and at most ``max_per_hour`` from one inbox in any hour, so
-that even an autoresponder that slips past every header check gets a few
-mails and not an endless exchange. Both caps count the send ledger.
+conversation, and at most ``max_per_hour`` from one inbox in any hour. So an
+autoresponder that slips past every header check gets a few mails, not an
+endless exchange. Both caps count the send ledger.
 
 :func:`wait_for_send_slot` holds a send until the inbox is below its
-limit of mails per minute, counted in ``outbound_rate_windows``.
+limit of mails per minute, counted by :func:`count_send` in
+``outbound_rate_windows``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from services.outbound.loops import automatic_mail_block, read_headers
 
@@ -99,33 +98,40 @@ async def _cap_reason(conn: AsyncConnection[Any], record: dict[str, Any], recipi
     return None
 
 
-async def wait_for_send_slot(pool: AsyncConnectionPool, inbox_id: str,
+async def wait_for_send_slot(conn: AsyncConnection[Any], inbox_id: str,
                              max_per_minute: int) -> float:
-    """Count one send in the inbox's current minute, waiting for the next while it is full.
+    """Wait until the inbox has sent fewer than ``max_per_minute`` mails this minute.
 
-    Returns the seconds waited.
+    Returns the seconds waited. The send itself is counted by
+    :func:`count_send` in the transaction that records it; one consumer
+    sends an inbox's mail at a time, so the check and the count do not race.
     """
     waited = 0.0
     while True:
-        async with pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(
-                "INSERT INTO outbound_rate_windows (inbox_id, window_start, sends) "
-                "VALUES (%s, date_trunc('minute', now()), 1) "
-                "ON CONFLICT (inbox_id, window_start) DO UPDATE "
-                "SET sends = outbound_rate_windows.sends + 1 "
-                "WHERE outbound_rate_windows.sends < %s RETURNING sends",
-                (inbox_id, max_per_minute))
-            counted = await cursor.fetchone()
-            if counted is not None and counted["sends"] == 1:
-                await conn.execute("DELETE FROM outbound_rate_windows WHERE inbox_id = %s "
-                                   "AND window_start < now() - interval '1 hour'", (inbox_id,))
-        if counted is not None:
+        cursor = await conn.execute(
+            "SELECT sends, extract(epoch FROM date_trunc('minute', clock_timestamp()) "
+            "+ interval '1 minute' - clock_timestamp()) AS rest FROM outbound_rate_windows "
+            "WHERE inbox_id = %s AND window_start = date_trunc('minute', clock_timestamp())",
+            (inbox_id,))
+        window = await cursor.fetchone()
+        if window is None or window["sends"] < max_per_minute:
             return waited
 
-        now = datetime.now(timezone.utc)
-        pause = (60 - now.second - now.microsecond / 1e6) + 0.05
+        pause = float(window["rest"]) + 0.05
         log.info("outbound: inbox %s: %d mails sent this minute, the limit; next send in %.1fs",
-                 inbox_id, max_per_minute, pause)
+                 inbox_id, window["sends"], pause)
         await asyncio.sleep(pause)
         waited += pause
 
+
+async def count_send(conn: AsyncConnection[Any], inbox_id: str) -> None:
+    """Count one send in the inbox's current minute, inside the caller's transaction."""
+    cursor = await conn.execute(
+        "INSERT INTO outbound_rate_windows (inbox_id, window_start, sends) "
+        "VALUES (%s, date_trunc('minute', clock_timestamp()), 1) "
+        "ON CONFLICT (inbox_id, window_start) DO UPDATE "
+        "SET sends = outbound_rate_windows.sends + 1 RETURNING sends", (inbox_id,))
+    counted = await cursor.fetchone()
+    if counted is not None and counted["sends"] == 1:
+        await conn.execute("DELETE FROM outbound_rate_windows WHERE inbox_id = %s "
+                           "AND window_start < clock_timestamp() - interval '1 hour'", (inbox_id,))

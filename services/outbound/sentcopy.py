@@ -100,6 +100,11 @@ def save_sent_copy(account: ImapAccount, raw: bytes, message_id: str, *, sent_at
 
 def find_sent_folder(client: IMAPClient) -> str | None:
     """Return the folder flagged \\Sent, else the first folder with a usual Sent name."""
+    if client.has_capability("SPECIAL-USE"):
+        for flags, _delimiter, name in _list_special_use(client):
+            if SENT_FLAG in flags:
+                return str(name)
+
     folders = client.list_folders()
     for flags, _delimiter, name in folders:
         if SENT_FLAG in flags:
@@ -110,6 +115,20 @@ def find_sent_folder(client: IMAPClient) -> str | None:
         if usual.casefold() in by_name:
             return by_name[usual.casefold()]
     return None
+
+
+def _list_special_use(client: IMAPClient) -> list[tuple[tuple[bytes, ...], bytes, str]]:
+    """Return every folder with its flags, asking for SPECIAL-USE flags (RFC 6154).
+
+    RFC 6154 obliges a server to send the flags only when LIST asks for
+    them with RETURN (SPECIAL-USE). IMAPClient 4.1 cannot add that option,
+    so the command goes through its imaplib connection.
+    """
+    # NOTE: uses private helpers of IMAPClient 4.1 (pinned in pyproject.toml).
+    typ, data = client._imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
+    client._checkok("list", typ, data)
+    typ, data = client._imap._untagged_response(typ, data, "LIST")
+    return list(client._proc_folder_list(data))
 
 
 def _connect(account: ImapAccount, ssl_context: ssl.SSLContext,

@@ -10,12 +10,11 @@ most once:
    mail will carry, before anything is sent;
 2. automatic mail passes the loop checks and caps of limits.py, or the row
    turns ``suppressed``;
-3. the mail is built, stored in the raw mail store and handed to the
-   inbox's SMTP server (or the operator's relay) once the inbox is below its
-   rate limit;
-4. on acceptance, the ledger row turns ``sent`` and ``mail.sent`` is queued
-   in the outbox, in one transaction; a permanent failure turns it
-   ``failed`` with ``mail.failed``;
+3. the mail is built and handed to the inbox's SMTP server (or the
+   operator's relay) once the inbox is below its rate limit;
+4. on acceptance, the raw mail is stored, the ledger row turns ``sent`` and
+   ``mail.sent`` is queued in the outbox, in one transaction; a permanent
+   failure turns it ``failed`` with ``mail.failed``;
 5. inboxes with their own SMTP and IMAP get a copy in their Sent folder.
 
 A request whose ledger row is already finished is skipped. If the process
@@ -49,6 +48,7 @@ from services.outbound.layout import frame_html
 from services.outbound.limits import (
     AutomaticMailCaps,
     automatic_mail_suppression,
+    count_send,
     wait_for_send_slot,
 )
 from services.outbound.metrics import OutboundMetrics
@@ -70,9 +70,10 @@ class ConversationMissing(StageError):
 
 
 def survey_token(secret_key: str, conversation_id: str) -> str:
-    """Return the token of a conversation's survey link: an HMAC nobody can guess or forge.
+    """Return the token of a conversation's survey link, an HMAC under the server secret.
 
-    It is derived, not random, so a resent survey mail carries the same link.
+    Without the secret the token cannot be guessed or forged. It is derived,
+    not random, so a resent survey mail carries the same link.
     """
     digest = hmac.new(secret_key.encode(), f"csat/{conversation_id}".encode(),
                       hashlib.sha256).digest()
@@ -148,15 +149,13 @@ class OutboundStage:
         except ValueError as exc:
             await self._finish_failed(record, "invalid", None, f"mail cannot be built: {exc}")
             return
-        await self._send(record, context, route, ledger["rfc_message_id"], raw, recipients,
-                         subject)
+        await self._send(conn, record, context, route, ledger["rfc_message_id"], raw,
+                         recipients, subject)
 
-    async def _send(self, record: dict[str, Any], context: dict[str, Any], route: Route,
-                    message_id: str, raw: bytes, recipients: list[str], subject: str) -> None:
-        assert self._pool is not None
-        sha256 = await self._store_raw(raw)
-        waited = await wait_for_send_slot(self._pool, record["inbox_id"],
-                                          route.max_sends_per_minute)
+    async def _send(self, conn: AsyncConnection[Any], record: dict[str, Any],
+                    context: dict[str, Any], route: Route, message_id: str, raw: bytes,
+                    recipients: list[str], subject: str) -> None:
+        waited = await wait_for_send_slot(conn, record["inbox_id"], route.max_sends_per_minute)
         self._sensor.on_rate_limited(waited)
 
         started = time.perf_counter()
@@ -169,7 +168,7 @@ class OutboundStage:
             return
         self._sensor.on_sent(record["kind"], time.perf_counter() - started)
 
-        await self._finish_sent(record, message_id, sha256, recipients, subject, response,
+        await self._finish_sent(record, message_id, raw, recipients, subject, response,
                                 copy_due=route.sent_copy is not None)
         if route.sent_copy is not None:
             await self._save_copy(record, route, raw, message_id)
@@ -243,20 +242,17 @@ class OutboundStage:
                                      request_id=record["request_id"]))
         return f"{self._survey_base_url}/csat/{token}"
 
-    async def _store_raw(self, raw: bytes) -> str:
+    async def _finish_sent(self, record: dict[str, Any], message_id: str, raw: bytes,
+                           recipients: list[str], subject: str, response: str, *,
+                           copy_due: bool) -> None:
+        """Record the accepted mail: raw bytes, ledger row, rate count and ``mail.sent`` at once."""
         assert self._pool is not None
         sha256 = hashlib.sha256(raw).hexdigest()
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO raw_mails (sha256, size, content) VALUES (%s, %s, %s) "
                 "ON CONFLICT (sha256) DO NOTHING", (sha256, len(raw), raw))
-        return sha256
-
-    async def _finish_sent(self, record: dict[str, Any], message_id: str, sha256: str,
-                           recipients: list[str], subject: str, response: str, *,
-                           copy_due: bool) -> None:
-        assert self._pool is not None
-        async with self._pool.connection() as conn, conn.transaction():
+            await count_send(conn, record["inbox_id"])
             await conn.execute(
                 "UPDATE send_ledger SET status = 'sent', smtp_response = %s, finished_at = now(), "
                 "recipients = %s, raw_sha256 = %s, sent_copy = %s WHERE request_id = %s",

@@ -54,7 +54,8 @@ class Browser:
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        port = await asyncio.to_thread(self._devtools_port)
+        port = await asyncio.wait_for(asyncio.to_thread(self._devtools_port),
+                                      START_TIMEOUT_SECONDS)
         self._session = aiohttp.ClientSession()
         async with self._session.get(f"http://127.0.0.1:{port}/json/list") as response:
             targets = await response.json(content_type=None)

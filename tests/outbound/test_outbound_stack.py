@@ -86,7 +86,7 @@ def test_agent_reply__threaded_with_one_re(stack: dict[str, Any], tmp_path: Path
 
 def test_redelivered_request__same_message_id(stack: dict[str, Any], tmp_path: Path) -> None:
     # A crash after the server accepted the mail but before the ledger
-    # recorded it leaves the row in "sending"; the redelivered request
+    # recorded it leaves the row in "sending". The redelivered request
     # must go out with the Message-ID the first attempt used.
     inbox = h.new_inbox(stack, greeting=False)
     h.import_mails(stack, inbox, [h.write_mail(tmp_path, "m.eml", customer_mail(
@@ -351,7 +351,8 @@ def test_own_smtp__usual_sent_folder_name(stack: dict[str, Any], tmp_path: Path)
         uids = client.search(["HEADER", "Message-ID", f"<{ledger['rfc_message_id']}>"])
     finally:
         client.logout()
-    assert len(server.mails) == 1 and server.mails[0].over_tls
+    assert len(server.mails) == 1
+    assert server.mails[0].over_tls
     assert "Sent" not in folders
     assert len(uids) == 1
 
