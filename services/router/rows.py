@@ -33,10 +33,17 @@ async def load_raw(conn: AsyncConnection[Any], sha256: str) -> bytes | None:
     return None if row is None else bytes(row["content"])
 
 
-async def load_inbox(conn: AsyncConnection[Any], inbox_id: str) -> Row | None:
-    return await fetch_one(
-        conn, "SELECT id, email, forwarding_address, new_conversation_after_days, "
-              "subject_threading_days FROM inboxes WHERE id = %s", (inbox_id,))
+async def load_inbox_and_raw(conn: AsyncConnection[Any], inbox_id: str,
+                             sha256: str) -> tuple[Row | None, bytes | None]:
+    """Return the inbox's threading settings and the raw mail, each None when missing."""
+    row = await fetch_one(
+        conn, "SELECT i.id, i.email, i.forwarding_address, i.new_conversation_after_days, "
+              "i.subject_threading_days, r.content FROM (SELECT 1) AS one "
+              "LEFT JOIN inboxes i ON i.id = %s LEFT JOIN raw_mails r ON r.sha256 = %s",
+        (inbox_id, sha256))
+    assert row is not None
+    content = row.pop("content")
+    return (row if row["id"] is not None else None), (None if content is None else bytes(content))
 
 
 async def is_known(conn: AsyncConnection[Any], inbox_id: str, dedup_key: str) -> bool:
@@ -54,41 +61,28 @@ async def is_known(conn: AsyncConnection[Any], inbox_id: str, dedup_key: str) ->
 # ---------------------------------------------------------------------------
 
 
-async def conversations_by_token(conn: AsyncConnection[Any], inbox_id: str,
-                                 tokens: list[str]) -> dict[str, str]:
-    """Return conversation ids by reply token."""
-    if not tokens:
-        return {}
+async def thread_candidates(conn: AsyncConnection[Any], inbox_id: str, tokens: list[str],
+                            keys: list[str], addresses: list[str]) -> list[Row]:
+    """Return the conversations that reply tokens and thread keys name, in one query.
+
+    Each row has ``key``, ``by_token``, ``conversation_id`` and ``known``:
+    those of ``addresses`` that take part in the conversation.
+    """
+    if not tokens and not keys:
+        return []
     cursor = await conn.execute(
-        "SELECT reply_token, id FROM conversations WHERE inbox_id = %s AND reply_token = ANY(%s)",
-        (inbox_id, tokens))
-    return {row["reply_token"]: str(row["id"]) for row in await cursor.fetchall()}
-
-
-async def conversations_by_key(conn: AsyncConnection[Any], inbox_id: str,
-                               keys: list[str]) -> dict[str, str]:
-    """Return conversation ids by thread key (Message-ID)."""
-    if not keys:
-        return {}
-    cursor = await conn.execute(
-        "SELECT message_id, conversation_id FROM thread_keys "
-        "WHERE inbox_id = %s AND message_id = ANY(%s)", (inbox_id, keys))
-    return {row["message_id"]: str(row["conversation_id"]) for row in await cursor.fetchall()}
-
-
-async def known_participants(conn: AsyncConnection[Any], conversation_ids: list[str],
-                             addresses: list[str]) -> dict[str, frozenset[str]]:
-    """Return, per conversation, which of ``addresses`` take part in it."""
-    if not conversation_ids or not addresses:
-        return {}
-    cursor = await conn.execute(
-        "SELECT conversation_id, address FROM conversation_participants "
-        "WHERE conversation_id = ANY(%s) AND address = ANY(%s)",
-        (conversation_ids, addresses))
-    found: dict[str, set[str]] = {}
-    for row in await cursor.fetchall():
-        found.setdefault(str(row["conversation_id"]), set()).add(row["address"])
-    return {conversation_id: frozenset(keys) for conversation_id, keys in found.items()}
+        "WITH found AS ("
+        " SELECT reply_token AS key, true AS by_token, id AS conversation_id FROM conversations"
+        " WHERE inbox_id = %(inbox)s AND reply_token = ANY(%(tokens)s)"
+        " UNION ALL"
+        " SELECT message_id, false, conversation_id FROM thread_keys"
+        " WHERE inbox_id = %(inbox)s AND message_id = ANY(%(keys)s)) "
+        "SELECT f.key, f.by_token, f.conversation_id, ARRAY(SELECT p.address"
+        " FROM conversation_participants p WHERE p.conversation_id = f.conversation_id"
+        " AND p.address = ANY(%(addresses)s)) AS known FROM found f",
+        {"inbox": inbox_id, "tokens": tokens, "keys": keys, "addresses": addresses})
+    found: list[Row] = await cursor.fetchall()
+    return found
 
 
 async def conversation_by_subject(conn: AsyncConnection[Any], inbox_id: str, key: str,
@@ -204,10 +198,10 @@ async def add_thread_keys(conn: AsyncConnection[Any], inbox_id: str, conversatio
     """Register keys for the conversation; a key that leads elsewhere already keeps its place."""
     if not keys:
         return
-    async with conn.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO thread_keys (inbox_id, message_id, conversation_id) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING", [(inbox_id, key, conversation_id) for key in keys])
+    await conn.execute(
+        "INSERT INTO thread_keys (inbox_id, message_id, conversation_id) "
+        "SELECT %s, key, %s FROM unnest(%s::text[]) AS key ON CONFLICT DO NOTHING",
+        (inbox_id, conversation_id, keys))
 
 
 async def add_participants(conn: AsyncConnection[Any], conversation_id: str,
@@ -215,11 +209,12 @@ async def add_participants(conn: AsyncConnection[Any], conversation_id: str,
     """Record (address, role) pairs; an address keeps the first role it had."""
     if not participants:
         return
-    async with conn.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO conversation_participants (conversation_id, address, role) "
-            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            [(conversation_id, address, role) for address, role in participants])
+    await conn.execute(
+        "INSERT INTO conversation_participants (conversation_id, address, role) "
+        "SELECT %s, address, role FROM unnest(%s::text[], %s::text[]) AS p (address, role) "
+        "ON CONFLICT DO NOTHING",
+        (conversation_id, [address for address, _ in participants],
+         [role for _, role in participants]))
 
 
 async def store_attachment_bytes(conn: AsyncConnection[Any], attachments: list[Attachment]) -> None:

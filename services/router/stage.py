@@ -105,8 +105,12 @@ class RouterStage:
     # --- incoming mail -------------------------------------------------
 
     async def _route_incoming(self, conn: AsyncConnection[Any], record: dict[str, Any]) -> None:
-        inbox = await _require_inbox(conn, record["inbox_id"])
-        mail = parse_mail(await _require_raw(conn, record["raw_sha256"]))
+        inbox, raw = await rows.load_inbox_and_raw(conn, record["inbox_id"], record["raw_sha256"])
+        if inbox is None:
+            raise UnknownInbox(f"inbox {record['inbox_id']} does not exist")
+        if raw is None:
+            raise _raw_mail_missing(record["raw_sha256"])
+        mail = parse_mail(raw)
         dedup_key = dedup_key_of(mail, record["raw_sha256"])
 
         if await rows.is_known(conn, record["inbox_id"], dedup_key):
@@ -130,11 +134,8 @@ class RouterStage:
         """Find the conversation for the mail, or decide that it starts one."""
         inbox_id = record["inbox_id"]
         parties = self._parties(inbox, mail)
-        candidates = await self._candidates(conn, inbox_id, mail, record)
+        candidates, participants = await self._candidates(conn, inbox_id, mail, record, parties)
 
-        participants = await rows.known_participants(
-            conn, list(dict.fromkeys(c.conversation_id for c in candidates)),
-            _lookup_addresses(parties))
         chosen, rejected = threader.choose(candidates, parties, participants)
         for candidate in rejected:
             log.warning("router: inbox %s Message-ID %s: %s %s of conversation %s not trusted: "
@@ -173,14 +174,16 @@ class RouterStage:
         return own
 
     async def _candidates(self, conn: AsyncConnection[Any], inbox_id: str, mail: ParsedMail,
-                          record: dict[str, Any]) -> list[Candidate]:
-        """Return the conversations the mail's token and ids point to, in rule order."""
+                          record: dict[str, Any], parties: Parties,
+                          ) -> tuple[list[Candidate], dict[str, frozenset[str]]]:
+        """Return the conversations the mail's token and ids point to, in rule order.
+
+        The second value maps each of those conversations to the mail's
+        addresses that take part in it, for the trust check.
+        """
         addresses = [a.email for a in (*mail.to, *mail.cc)] + list(mail.delivered_to)
         addresses += list(mail.x_original_to) + list(record["envelope_recipients"])
         tokens = threader.reply_tokens(addresses, self._inbound_domain)
-        by_token = await rows.conversations_by_token(conn, inbox_id, tokens)
-        candidates = [Candidate(by_token[token], token, threader.RULE_REPLY_TOKEN, ours=True)
-                      for token in tokens if token in by_token]
 
         in_reply_to, references = _thread_ids(mail)
         keyed = [(key, threader.RULE_IN_REPLY_TO if key in in_reply_to else threader.RULE_REFERENCES)
@@ -189,10 +192,18 @@ class RouterStage:
         if mail.message_id and mail.kind != "bounce" and all(k != mail.message_id for k, _ in keyed):
             keyed.append((mail.message_id, threader.RULE_OWN_MESSAGE_ID))
 
-        by_key = await rows.conversations_by_key(conn, inbox_id, [key for key, _ in keyed])
-        candidates += [Candidate(by_key[key], key, rule, ours=threader.is_our_id(key, self._message_id_domain))
+        found = await rows.thread_candidates(conn, inbox_id, tokens, [key for key, _ in keyed],
+                                             _lookup_addresses(parties))
+        by_token = {row["key"]: str(row["conversation_id"]) for row in found if row["by_token"]}
+        by_key = {row["key"]: str(row["conversation_id"]) for row in found if not row["by_token"]}
+        participants = {str(row["conversation_id"]): frozenset(row["known"]) for row in found}
+
+        candidates = [Candidate(by_token[token], token, threader.RULE_REPLY_TOKEN, ours=True)
+                      for token in tokens if token in by_token]
+        candidates += [Candidate(by_key[key], key, rule,
+                                 ours=threader.is_our_id(key, self._message_id_domain))
                        for key, rule in keyed if key in by_key]
-        return candidates
+        return candidates, participants
 
     async def _by_subject(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
                           record: dict[str, Any]) -> str | None:
@@ -222,7 +233,8 @@ class RouterStage:
         message_id = ids.derive_id("message", inbox_id, dedup_key)
         await self._insert_incoming_message(conn, inbox_id, conversation_id, message_id, dedup_key,
                                             mail, record, placement.rule)
-        await rows.touch_conversation(conn, conversation_id, arrived_at, reopened)
+        if not created:
+            await rows.touch_conversation(conn, conversation_id, arrived_at, reopened)
         await rows.add_thread_keys(conn, inbox_id, conversation_id, threader.thread_keys_of(
             mail.message_id, *_thread_ids(mail)))
         await rows.add_participants(conn, conversation_id,
@@ -333,7 +345,10 @@ class RouterStage:
             raise UnknownConversation(
                 f"conversation {conversation_id} of inbox {inbox_id} does not exist")
 
-        mail = parse_mail(await _require_raw(conn, record["raw_sha256"]))
+        raw = await rows.load_raw(conn, record["raw_sha256"])
+        if raw is None:
+            raise _raw_mail_missing(record["raw_sha256"])
+        mail = parse_mail(raw)
         message_id = ids.derive_id("message", inbox_id, dedup_key)
         await rows.insert_message(conn, {
             **rows.message_values(mail),
@@ -440,19 +455,9 @@ async def _emit(conn: AsyncConnection[Any], event: dict[str, Any]) -> None:
                      event)
 
 
-async def _require_raw(conn: AsyncConnection[Any], sha256: str) -> bytes:
-    raw = await rows.load_raw(conn, sha256)
-    if raw is None:
-        raise RawMailMissing(f"raw mail {sha256} is not in the store: the event names a "
-                             "digest that ingest never stored, or the store lost it")
-    return raw
-
-
-async def _require_inbox(conn: AsyncConnection[Any], inbox_id: str) -> rows.Row:
-    inbox = await rows.load_inbox(conn, inbox_id)
-    if inbox is None:
-        raise UnknownInbox(f"inbox {inbox_id} does not exist")
-    return inbox
+def _raw_mail_missing(sha256: str) -> RawMailMissing:
+    return RawMailMissing(f"raw mail {sha256} is not in the store: the event names a digest "
+                          "that ingest never stored, or the store lost it")
 
 
 async def _upsert_contact(conn: AsyncConnection[Any], inbox_id: str, mail: ParsedMail,
