@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +99,8 @@ async def _cap_reason(conn: AsyncConnection[Any], record: dict[str, Any], recipi
     return None
 
 
-async def wait_for_send_slot(conn: AsyncConnection[Any], inbox_id: str,
-                             max_per_minute: int) -> float:
+async def wait_for_send_slot(conn: AsyncConnection[Any], inbox_id: str, max_per_minute: int,
+                             *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> float:
     """Wait until the inbox has sent fewer than ``max_per_minute`` mails this minute.
 
     Returns the seconds waited. The send itself is counted by
@@ -120,7 +121,7 @@ async def wait_for_send_slot(conn: AsyncConnection[Any], inbox_id: str,
         pause = float(window["rest"]) + 0.05
         log.info("outbound: inbox %s: %d mails sent this minute, the limit; next send in %.1fs",
                  inbox_id, window["sends"], pause)
-        await asyncio.sleep(pause)
+        await sleep(pause)
         waited += pause
 
 

@@ -31,11 +31,15 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiosmtplib
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 ENCRYPTIONS = ("auto", "tls", "starttls", "none")
 AUTH_METHODS = ("auto", "login", "plain", "cram-md5")
@@ -319,9 +323,9 @@ class SmtpDelivery:
         # aiosmtplib returns the text of the final reply; DATA succeeds only with 250.
         return f"250 {response}"
 
-    async def _step(self, server: SmtpServer, step: str, operation: object) -> object:
+    async def _step(self, server: SmtpServer, step: str, operation: Awaitable[_T]) -> _T:
         try:
-            return await operation  # type: ignore[misc]
+            return await operation
         except SmtpError:
             raise
         except aiosmtplib.SMTPAuthenticationError as exc:

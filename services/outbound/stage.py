@@ -186,7 +186,7 @@ class OutboundStage:
             cursor = await conn.execute(
                 "UPDATE send_ledger SET attempts = attempts + 1 WHERE request_id = %s "
                 "RETURNING *", (record["request_id"],))
-            ledger = await cursor.fetchone()
+            ledger: dict[str, Any] | None = await cursor.fetchone()  # type: ignore[assignment]
         assert ledger is not None
         return ledger
 

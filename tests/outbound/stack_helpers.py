@@ -169,3 +169,10 @@ def survey_request_id(conversation_id: str) -> str:
 def ids_greeting(conversation_id: str) -> str:
     """Return the request id assign gives a conversation's greeting."""
     return ids.derive_id("outbound-request", conversation_id, "greeting")
+
+
+def body(mail: EmailMessage, subtype: str) -> str:
+    """Return the text/``subtype`` body of a multipart/alternative mail."""
+    part = mail.get_body((subtype,))
+    assert part is not None, f"the mail has no text/{subtype} body"
+    return str(part.get_content())

@@ -42,7 +42,7 @@ def survey_link(stack: dict[str, Any], tmp_path: Path, tag: str, locale: str = "
     h.set_status(stack, inbox, conversation_id, "resolved")
 
     ledger = h.wait_for_ledger(stack, h.survey_request_id(conversation_id))
-    text = h.sink_mail(stack, ledger["rfc_message_id"]).get_body(("plain",)).get_content()
+    text = h.body(h.sink_mail(stack, ledger["rfc_message_id"]), "plain")
     found = LINK.search(text)
     assert found, text
     return found.group(), conversation_id

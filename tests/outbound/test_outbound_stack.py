@@ -74,7 +74,7 @@ def test_agent_reply__threaded_with_one_re(stack: dict[str, Any], tmp_path: Path
     assert ledger["rfc_message_id"].endswith("@messagehub.localhost")
     assert "Auto-Submitted" not in sent
     assert sent.get_content_type() == "multipart/alternative"
-    html = sent.get_body(("html",)).get_content()
+    html = h.body(sent, "html")
     assert '<img src="https://cdn.example.com/acme.png"' in html
     assert 'href="https://help.example.com/"' in html
 
@@ -139,7 +139,7 @@ def test_greeting__japanese_headers_encoded(stack: dict[str, Any], tmp_path: Pat
     assert raw.isascii()
     for word in re.findall(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=", raw.split(b"\r\n\r\n", 1)[0]):
         assert len(word) <= 75
-    assert "お問い合わせを受け付けました" in sent.get_body(("plain",)).get_content()
+    assert "お問い合わせを受け付けました" in h.body(sent, "plain")
 
 
 def _sink_raw(stack: dict[str, Any], message_id: str) -> bytes:
@@ -244,7 +244,7 @@ def test_csat__once_per_conversation(stack: dict[str, Any], cases_dir: Path,
     assert sent.get("Cc") is None
     assert sent["Auto-Submitted"] == "auto-generated"
     assert re.search(r"http://127\.0\.0\.1:\d+/csat/[A-Za-z0-9_-]{43}",
-                     sent.get_body(("plain",)).get_content())
+                     h.body(sent, "plain"))
 
 
 def test_csat__off_sends_nothing(stack: dict[str, Any], tmp_path: Path) -> None:
@@ -403,3 +403,36 @@ def test_own_smtp__permanent_failure(stack: dict[str, Any], tmp_path: Path, setu
     assert "wrong password" not in ledger["smtp_response"]
     assert server.mails == []
 
+
+
+# --- the per-inbox rate limit ---------------------------------------------
+
+
+async def test_rate_limit__waits_for_next_minute(stack: dict[str, Any]) -> None:
+    from psycopg import AsyncConnection
+    from psycopg.rows import dict_row
+
+    from services.outbound.limits import count_send, wait_for_send_slot
+
+    inbox = h.new_inbox(stack, greeting=False)
+    pauses: list[float] = []
+    conn = await AsyncConnection.connect(stack["database_url"], row_factory=dict_row,
+                                         autocommit=True)
+
+    async def next_minute(seconds: float) -> None:
+        # Stands in for the wait: the window empties as a new minute would.
+        pauses.append(seconds)
+        await conn.execute("DELETE FROM outbound_rate_windows WHERE inbox_id = %s", (inbox["id"],))
+
+    try:
+        below = await wait_for_send_slot(conn, inbox["id"], 2, sleep=next_minute)
+        await count_send(conn, inbox["id"])
+        await count_send(conn, inbox["id"])
+        at_limit = await wait_for_send_slot(conn, inbox["id"], 2, sleep=next_minute)
+    finally:
+        await conn.close()
+
+    assert below == 0.0
+    assert len(pauses) == 1
+    assert 0.0 < pauses[0] <= 60.05
+    assert at_limit == pauses[0]
