@@ -1,10 +1,10 @@
 """The satisfaction survey page that CSAT mails link to, and its answer endpoint.
 
-``services/api`` mounts these routes with :func:`add_routes`; they are open
-to the public, because the customer has no API token: the unguessable token
-in the link (an HMAC of the conversation id under the server secret, made by
-the outbound service) is the only credential, and the database keeps only
-its SHA-256. A GET shows the form and never records anything, so link
+``services/api`` mounts these routes with :func:`add_routes`. They need no
+API token, because the customer has none. The credential is the token in
+the link, an HMAC of the conversation id under the server secret that the
+outbound service makes, and the database keeps only its SHA-256. A GET
+shows the form and never records anything, so link
 scanners that open every URL in a mail cannot vote; only an explicit POST
 of the form stores a rating. Each survey takes one answer before it expires;
 the answer is stored with a ``CSAT_ANSWERED`` conversation event in the same
