@@ -123,7 +123,10 @@ def _decode_word_payload(encoding: str, payload: str, defects: list[str], source
 
 
 _BASE64_CHUNK = re.compile(rb"[A-Za-z0-9+/]+=*")
-_BASE64_ALPHABET = re.compile(rb"[^A-Za-z0-9+/=]")
+# Every byte outside the base64 alphabet and "=", for bytes.translate: it
+# removes them many times faster than a regular expression on large parts.
+_NOT_BASE64 = bytes(sorted(set(range(256)) - set(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")))
 
 
 def decode_base64_chunks(data: bytes, defects: list[str], source: str) -> bytes:
@@ -133,7 +136,7 @@ def decode_base64_chunks(data: bytes, defects: list[str], source: str) -> bytes:
     so decoding must restart after every "=" padding instead of stopping at
     the first one. Characters outside the alphabet are skipped.
     """
-    cleaned = _BASE64_ALPHABET.sub(b"", data)
+    cleaned = data.translate(None, _NOT_BASE64)
     if len(cleaned) != len(data.translate(None, b" \t\r\n")):
         defects.append(f"{source}: invalid characters skipped in base64")
 

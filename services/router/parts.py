@@ -201,9 +201,9 @@ def _split_multipart(body: bytes, boundary: str, declared: str, defects: list[st
     """Return the bodies between the boundary lines, or None if none appears."""
     # Junk after a closing delimiter ("--b-->") is tolerated; an opening
     # delimiter must stand alone, or "--b" would also match "--b-2".
-    escaped = re.escape(boundary.encode("utf-8", "surrogateescape"))
-    delimiter = re.compile(rb"^--" + escaped + rb"(?:(--)[^\r\n]*|[ \t]*)\r?$", re.M)
-    matches = list(delimiter.finditer(body))
+    encoded = boundary.encode("utf-8", "surrogateescape")
+    delimiter = re.compile(rb"^--" + re.escape(encoded) + rb"(?:(--)[^\r\n]*|[ \t]*)\r?$", re.M)
+    matches = _delimiter_lines(body, b"--" + encoded, delimiter)
     opening = [match for match in matches if not match.group(1)]
 
     if not opening:
@@ -222,6 +222,28 @@ def _split_multipart(body: bytes, boundary: str, declared: str, defects: list[st
             end = len(body)
         bodies.append(body[start:max(start, end)])
     return bodies
+
+
+def _delimiter_lines(body: bytes, prefix: bytes, delimiter: re.Pattern[bytes]) -> list[re.Match[bytes]]:
+    """Return what ``delimiter.finditer(body)`` returns, much faster on large bodies.
+
+    Every delimiter line starts with ``prefix`` at the start of a line, so
+    only those places are tried. Scanning a multi-megabyte attachment with
+    the line-anchored pattern alone takes tens of milliseconds.
+    """
+    found: list[re.Match[bytes]] = []
+    position = body.find(prefix)
+    while position != -1:
+        match = None
+        if position == 0 or body[position - 1] == ord("\n"):
+            # "^" in MULTILINE mode matches here, just after a line break.
+            match = delimiter.match(body, position)
+        if match is not None:
+            found.append(match)
+            position = body.find(prefix, match.end())
+        else:
+            position = body.find(prefix, position + 1)
+    return found
 
 
 def _after_line_break(data: bytes, position: int) -> int:
@@ -293,6 +315,9 @@ def _looks_like_base64(body: bytes) -> bool:
     Mailers sometimes label plain text as base64. Base64 lines never contain
     inner spaces, so a body where most lines do is text.
     """
+    if b" " not in body and b"\t" not in body:
+        # The common case, and a large part's per-line scan would be slow.
+        return True
     lines = [line.strip() for line in body.splitlines() if line.strip()]
     worded = sum(1 for line in lines if b" " in line or b"\t" in line)
     return worded * 2 <= len(lines)
