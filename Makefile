@@ -1,5 +1,5 @@
-# The two commands of the README, and the set-up both run first.
-.PHONY: install demo test
+# The commands of the README, and the set-up they all run first.
+.PHONY: install demo test bench
 
 install:
 	bash deploy/local/install.sh
@@ -9,3 +9,6 @@ demo: install
 
 test: install
 	.venv/bin/python -m pytest -q
+
+bench: install
+	.venv/bin/messagehub bench

@@ -4,7 +4,8 @@ By default the command wipes and starts a stack in ``/var/tmp/messagehub/bench``
 with ports from 48000 (``MESSAGEHUB_BENCH_STATE_DIR``,
 ``MESSAGEHUB_BENCH_PORT_BASE``), so every run starts from empty tables and
 never touches the demo's or the tests' stacks; it stops the stack at the
-end unless ``--keep-stack``. ``--memory-mails N`` runs the long memory
+end unless ``--keep-stack``. With ``--running`` it uses the stack that
+``messagehub up`` started instead, and leaves it as it is. ``--memory-mails N`` runs the long memory
 check instead (:mod:`bench.memory`).
 
 This module imports nothing heavy at import time, because the ``messagehub``
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="offered rate of the memory run, mails/s (default 100)")
     parser.add_argument("--keep-stack", action="store_true",
                         help="leave the benchmark's stack running afterwards")
+    parser.add_argument("--running", action="store_true",
+                        help="use the stack that `messagehub up` started (MESSAGEHUB_STATE_DIR) "
+                             "instead of a fresh one; nothing is wiped or stopped")
     parser.add_argument("--out", type=Path, help="folder for latest.md, latency.png and "
                                                  "latest.json (default bench/out)")
     parser.add_argument("--results-file", type=Path,
@@ -63,16 +67,25 @@ def run(args: argparse.Namespace) -> int:
     from messagehub import logs
 
     logs.setup("WARNING" if args.json else "INFO")
+    if args.running:
+        from messagehub import stackctl
+
+        return _run(args, stackctl.stack_info())
+
     state_dir = Path(os.environ.get("MESSAGEHUB_BENCH_STATE_DIR", DEFAULT_STATE_DIR))
     port_base = int(os.environ.get("MESSAGEHUB_BENCH_PORT_BASE", DEFAULT_PORT_BASE))
     info = _start_stack(state_dir, port_base)
     try:
-        if args.memory_mails:
-            return _run_memory(args, info)
-        return _run_benchmark(args, info)
+        return _run(args, info)
     finally:
         if not args.keep_stack:
             _stop_stack(state_dir, port_base)
+
+
+def _run(args: argparse.Namespace, info: dict[str, Any]) -> int:
+    if args.memory_mails:
+        return _run_memory(args, info)
+    return _run_benchmark(args, info)
 
 
 def _start_stack(state_dir: Path, port_base: int) -> dict[str, Any]:

@@ -51,25 +51,15 @@ def measure_idle_latency(info: dict[str, Any], observer: EventObserver, *, mails
     stackctl.local_stack(state_dir, port_base).add_imap_user(login, password)
 
     inbox = _create_inbox(info, login)
-    _enable_sync(info, inbox["name"], login, password)
-    _wait_until_idle(info["database_url"], inbox["id"])
-
-    appended: dict[str, float] = {}
-    host, port = info["imap"].rsplit(":", 1)
-    with IMAPClient(host, port=int(port), ssl=False, timeout=30) as client:
-        client.login(login, password)
-        for number in range(mails):
-            message_id = f"{login}.{number}@bench.example.org"
-            raw = _mail(message_id, number)
-            appended[message_id] = time.time()
-            client.append("INBOX", raw)
-            time.sleep(pause_seconds)
-
-    deadline = time.monotonic() + RECEIVED_TIMEOUT_SECONDS
-    received = observer.snapshot().received
-    while any(mid not in received for mid in appended) and time.monotonic() < deadline:
-        time.sleep(0.25)
-        received = observer.snapshot().received
+    _imap_command(info, inbox["name"], "--host", "127.0.0.1", "--port",
+                  info["imaps"].rsplit(":", 1)[1], "--login", login, "--security", "ssl",
+                  "--password-stdin", password=password)
+    try:
+        _wait_until_idle(info["database_url"], inbox["id"])
+        appended = _append_mails(info, login, password, mails, pause_seconds)
+        received = _wait_received(observer, appended)
+    finally:
+        _imap_command(info, inbox["name"], "--disable")
 
     latencies = [1000 * (received[mid] - at) for mid, at in appended.items() if mid in received]
     return IdleResult(latencies_ms=latencies, missing=len(appended) - len(latencies))
@@ -83,20 +73,43 @@ def _create_inbox(info: dict[str, Any], login: str) -> dict[str, Any]:
                                     greeting_enabled=False)
 
 
-def _enable_sync(info: dict[str, Any], inbox_name: str, login: str, password: str) -> None:
-    """Turn the inbox's IMAP sync on through the operator's command."""
-    imaps_port = info["imaps"].rsplit(":", 1)[1]
+def _imap_command(info: dict[str, Any], inbox_name: str, *options: str,
+                  password: str = "") -> None:
+    """Run ``messagehub inbox imap`` for the inbox, as an operator would."""
     env = {**os.environ, "MESSAGEHUB_STATE_DIR": info["state_dir"],
            "MESSAGEHUB_PORT_BASE": str(info["port_base"])}
     command = [sys.executable, "-c", "import sys; from messagehub.cli import main; "
-               "main(sys.argv[1:])", "inbox", "imap", "--inbox", inbox_name,
-               "--host", "127.0.0.1", "--port", imaps_port, "--login", login,
-               "--security", "ssl", "--password-stdin"]
+               "main(sys.argv[1:])", "inbox", "imap", "--inbox", inbox_name, *options]
     result = subprocess.run(command, input=password + "\n", capture_output=True, text=True,
                             env=env, timeout=60, check=False)
     if result.returncode != 0:
         raise ImapBenchError(f"`messagehub inbox imap` for inbox {inbox_name!r} failed with "
                              f"exit code {result.returncode}: {result.stderr.strip()}")
+
+
+def _append_mails(info: dict[str, Any], login: str, password: str, mails: int,
+                  pause_seconds: float) -> dict[str, float]:
+    """Append the mails one by one; return when each APPEND started, by Message-ID."""
+    appended: dict[str, float] = {}
+    host, port = info["imap"].rsplit(":", 1)
+    with IMAPClient(host, port=int(port), ssl=False, timeout=30) as client:
+        client.login(login, password)
+        for number in range(mails):
+            message_id = f"{login}.{number}@bench.example.org"
+            raw = _mail(message_id, number)
+            appended[message_id] = time.time()
+            client.append("INBOX", raw)
+            time.sleep(pause_seconds)
+    return appended
+
+
+def _wait_received(observer: EventObserver, appended: dict[str, float]) -> dict[str, float]:
+    deadline = time.monotonic() + RECEIVED_TIMEOUT_SECONDS
+    received = observer.snapshot().received
+    while any(mid not in received for mid in appended) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        received = observer.snapshot().received
+    return received
 
 
 def _wait_until_idle(database_url: str, inbox_id: str) -> None:

@@ -35,7 +35,7 @@ import platform
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from bench.ceiling import measure_ceiling
 from bench.load import offer
 from bench.mailgen import DEFAULT_SEED, MailGenerator
 from bench.observer import EventObserver, wait_for
-from bench.resources import ResourceSampler, load_average
+from bench.resources import SERVICES, ResourceSampler, load_average
 from bench.stats import StepFigures, step_figures, summary_ms
 from messagehub import db, inboxes
 
@@ -87,14 +87,11 @@ class BenchConfig:
                    connections=4, idle_mails=3, idle_pause_seconds=0.3)
 
 
-class BenchError(RuntimeError):
-    """The benchmark could not run a phase; the message says which and why."""
-
-
-class _Run:
+class BenchRun:
     """The state of one benchmark run: inboxes, the mail stream, observer and sampler."""
 
-    def __init__(self, info: dict[str, Any], config: BenchConfig) -> None:
+    def __init__(self, info: dict[str, Any], config: BenchConfig, *,
+                 sample_seconds: float = 1.0) -> None:
         self.info = info
         self.config = config
         self.run_tag = f"bench{datetime.now(timezone.utc):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -103,7 +100,7 @@ class _Run:
         self.addresses: list[str] = []
         self.mails = self._generator()
         self.observer = EventObserver(info["kafka_bootstrap"])
-        self.sampler = ResourceSampler(Path(info["state_dir"]),
+        self.sampler = ResourceSampler(Path(info["state_dir"]), interval_seconds=sample_seconds,
                                        extra_pids={"bench": os.getpid()})
         self.offered = 0
         self.new_conversations = 0
@@ -152,7 +149,7 @@ class _Run:
 
 def run_benchmark(info: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
     """Run every phase against the stack described by ``info``; return all figures."""
-    run = _Run(info, config)
+    run = BenchRun(info, config)
     started_at = datetime.now(timezone.utc)
     load_before = load_average()
     run.create_inboxes()
@@ -173,7 +170,7 @@ def run_benchmark(info: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
     return _results(run, started_at, load_before, ceiling, figures)
 
 
-def _run_phases(run: _Run) -> dict[str, Any]:
+def _run_phases(run: BenchRun) -> dict[str, Any]:
     config = run.config
     run.step(config.latency_rate, config.warmup_seconds)
 
@@ -199,9 +196,9 @@ def _run_phases(run: _Run) -> dict[str, Any]:
             "profiles": profiles, "idle": idle}
 
 
-def _profile_step(run: _Run, rate: float) -> list[profile.Profile]:
+def _profile_step(run: BenchRun, rate: float) -> list[profile.Profile]:
     """Offer ``rate`` once more with py-spy attached to every service."""
-    pids = {name: samples[-1] for name, samples in _service_pids(run.info).items()}
+    pids = _service_pids(run.info)
     out_dir = run.config.profile_dir / run.run_tag
     try:
         recorders = profile.start(pids, run.config.step_seconds, out_dir)
@@ -213,18 +210,18 @@ def _profile_step(run: _Run, rate: float) -> list[profile.Profile]:
     return profile.finish(recorders, out_dir)
 
 
-def _service_pids(info: dict[str, Any]) -> dict[str, list[int]]:
-    found: dict[str, list[int]] = {}
-    for name in ("ingest", "router", "assign", "outbound", "api"):
+def _service_pids(info: dict[str, Any]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for name in SERVICES:
         path = Path(info["state_dir"]) / "services" / f"service-{name}.pid"
         try:
-            found[name] = [int(path.read_text().split()[0])]
+            found[name] = int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
     return found
 
 
-def _results(run: _Run, started_at: datetime, load_before: tuple[float, float, float],
+def _results(run: BenchRun, started_at: datetime, load_before: tuple[float, float, float],
              ceiling: Any, figures: dict[str, Any]) -> dict[str, Any]:
     config, sampler = run.config, run.sampler
     steps: list[StepFigures] = figures["steps"]
@@ -294,4 +291,4 @@ def _git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
-__all__ = ["BenchConfig", "BenchError", "replace", "run_benchmark"]
+__all__ = ["BenchConfig", "BenchRun", "run_benchmark"]

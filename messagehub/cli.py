@@ -2,8 +2,9 @@
 
 ``up``/``down``/``status`` start, stop and show the local stack and the
 services; ``inbox``, ``agent``, ``import`` and ``conversations`` act on the
-stack that ``up`` started, found through its state dir without flags; and
-``demo`` runs the whole product on sample mail.
+stack that ``up`` started, found through its state dir without flags;
+``demo`` runs the whole product on sample mail; and ``bench`` runs the
+end-to-end benchmark in ``bench/`` on a stack of its own.
 """
 
 from __future__ import annotations
@@ -284,6 +285,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(mail_path=Path(args.mail) if args.mail else None)
 
 
+def _bench_command() -> Any:
+    """Return the benchmark's command module, or None when ``bench/`` is not beside the package.
+
+    The benchmark lives in the repository, not in the installed package.
+    """
+    if str(stackctl.REPO_ROOT) not in sys.path:
+        sys.path.append(str(stackctl.REPO_ROOT))
+    try:
+        from bench import command
+    except ImportError:
+        return None
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="messagehub", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -398,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run messagehub end to end on sample mail")
     demo.add_argument("--mail", help="your own Maildir, mbox file or folder of .eml instead")
     demo.set_defaults(func=cmd_demo)
+
+    bench_command = _bench_command()
+    if bench_command is not None:
+        bench = commands.add_parser(
+            "bench", help="benchmark throughput, latency and memory on a fresh stack of its own")
+        bench_command.add_arguments(bench)
+        bench.set_defaults(func=bench_command.run)
 
     cli_assign.add_commands(inbox=inbox, agent=agent, conversation=conversation_commands)
     return parser
