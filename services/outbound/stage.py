@@ -60,6 +60,8 @@ from services.outbound.texts import custom_text, default_text, render_auto_text
 log = logging.getLogger(__name__)
 
 FINISHED_STATES = ("sent", "failed", "suppressed")
+# Resolutions older than this get no survey.
+SURVEY_MAX_EVENT_AGE = timedelta(days=1)
 # Custom text columns of the inbox, per automatic kind.
 CUSTOM_TEXT_COLUMNS = {"greeting": "greeting_text", "out_of_hours": "out_of_hours_text",
                        "csat": "csat_text"}
@@ -372,6 +374,13 @@ async def _survey_request(conn: AsyncConnection[Any],
                           event: dict[str, Any]) -> dict[str, Any] | None:
     """Return the survey request a conversation event implies, or None."""
     if event["type"] != "STATUS_CHANGED" or event["status"] != "resolved":
+        return None
+    # A new consumer group reads the topic from its start; old resolutions
+    # must not send surveys months late.
+    age = datetime.now(timezone.utc) - event["occurred_at"]
+    if age > SURVEY_MAX_EVENT_AGE:
+        log.info("outbound: inbox %s conversation %s: resolved %s ago, too long for a survey",
+                 event["inbox_id"], event["conversation_id"], age)
         return None
     cursor = await conn.execute("SELECT csat_enabled FROM inboxes WHERE id = %s",
                                 (event["inbox_id"],))
