@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CHOOSERS = ("round_robin", "balanced")
 AVAILABILITIES = ("online", "busy", "offline")
 # Only online agents get conversations automatically. Busy and offline
-# agents keep what they hold, and a person may still assign to them.
+# agents keep their conversations, and a person may still assign to them.
 ASSIGNABLE_AVAILABILITY = "online"
 
 # Reasons written on the events and in assignment_log.
@@ -184,25 +184,40 @@ async def is_queued(conn: AsyncConnection[Any], conversation_id: str) -> bool:
 
 async def assign_or_queue(conn: AsyncConnection[Any], inbox: dict[str, Any],
                           conversation: dict[str, Any], *, trigger: Trigger,
-                          queued_at: datetime) -> Decision | None:
+                          queued_at: datetime) -> list[Decision]:
     """Assign an open, unassigned conversation to the chosen agent, or queue it.
 
-    Returns None when there is nothing to decide: auto-assignment is off,
-    or the conversation is resolved, assigned or already queued.
+    Conversations already waiting go first: when the queue is not empty it
+    is served before the new conversation may take what capacity is left,
+    so a newcomer never overtakes them. Returns no decision when there is
+    nothing to decide: auto-assignment is off, or the conversation is
+    resolved, assigned or already queued.
     """
     if not inbox["auto_assign_enabled"] or conversation["status"] != "open":
-        return None
-    if conversation["assignee_id"] is not None or await is_queued(conn, str(conversation["id"])):
-        return None
+        return []
+    if conversation["assignee_id"] is not None:
+        return []
+    cursor = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM assignment_queue WHERE conversation_id = %s) AS queued, "
+        "EXISTS (SELECT 1 FROM assignment_queue WHERE inbox_id = %s) AS waiting",
+        (conversation["id"], inbox["id"]))
+    queue = await cursor.fetchone()
+    assert queue is not None
+    if queue["queued"]:
+        return []
 
+    decisions = []
+    if queue["waiting"]:
+        decisions += await drain_queue(conn, inbox, trigger=trigger)
     candidate, reason = choose_agent(await load_candidates(conn, str(inbox["id"])),
                                      chooser=inbox["assign_chooser"],
                                      limit=inbox["auto_assign_limit"])
     if candidate is None:
-        return await enqueue(conn, inbox, conversation, reason=reason, trigger=trigger,
-                             queued_at=queued_at)
-    return await assign_to(conn, inbox, conversation, candidate.agent_id, reason=reason,
-                           trigger=trigger)
+        queued = await enqueue(conn, inbox, conversation, reason=reason, trigger=trigger,
+                               queued_at=queued_at)
+        return decisions + ([queued] if queued else [])
+    return decisions + [await assign_to(conn, inbox, conversation, candidate.agent_id,
+                                        reason=reason, trigger=trigger)]
 
 
 async def drain_queue(conn: AsyncConnection[Any], inbox: dict[str, Any], *,
@@ -218,7 +233,7 @@ async def drain_queue(conn: AsyncConnection[Any], inbox: dict[str, Any], *,
     cursor = await conn.execute(
         "SELECT q.conversation_id, q.queued_at, c.status, c.assignee_id "
         "FROM assignment_queue q JOIN conversations c ON c.id = q.conversation_id "
-        "WHERE q.inbox_id = %s ORDER BY q.queued_at, q.conversation_id", (inbox["id"],))
+        "WHERE q.inbox_id = %s ORDER BY q.queued_at, q.position", (inbox["id"],))
     decisions = []
     for entry in await cursor.fetchall():
         conversation_id = str(entry["conversation_id"])
@@ -267,9 +282,8 @@ async def settle_reopened(conn: AsyncConnection[Any], inbox: dict[str, Any],
 
     if await is_queued(conn, conversation_id):
         return decisions + await drain_queue(conn, inbox, trigger=trigger)
-    decision = await assign_or_queue(conn, inbox, conversation, trigger=trigger,
-                                     queued_at=datetime.now(timezone.utc))
-    return decisions + ([decision] if decision else [])
+    return decisions + await assign_or_queue(conn, inbox, conversation, trigger=trigger,
+                                             queued_at=datetime.now(timezone.utc))
 
 
 async def _reason_to_unassign(conn: AsyncConnection[Any], inbox: dict[str, Any],
@@ -297,18 +311,30 @@ async def assign_to(conn: AsyncConnection[Any], inbox: dict[str, Any],
     """Assign the conversation to ``agent_id`` and emit ASSIGNED; the caller checked the rules."""
     conversation_id, inbox_id = str(conversation["id"]), str(inbox["id"])
     previous = str(conversation["assignee_id"]) if conversation["assignee_id"] else None
-    await conn.execute("UPDATE conversations SET assignee_id = %s WHERE id = %s",
-                       (agent_id, conversation_id))
-    await conn.execute(
-        "UPDATE inbox_agents SET last_assigned_at = clock_timestamp() "
-        "WHERE inbox_id = %s AND agent_id = %s", (inbox_id, agent_id))
-    await _dequeue(conn, conversation_id)
-
     event = conversation_event(
         "ASSIGNED", fact=f"assigned/{agent_id}/{trigger.fact}", inbox_id=inbox_id,
         conversation_id=conversation_id, assignee_id=agent_id, previous_assignee_id=previous,
         reason=reason, agent_id=trigger.agent_id)
-    await _record(conn, inbox, event, "assigned", agent_id, over_limit=over_limit)
+
+    # One statement, because this runs for every new conversation. The
+    # statement's own update is not visible to its count, hence the sum.
+    await conn.execute(
+        "WITH moved AS (UPDATE conversations SET assignee_id = %(agent)s "
+        "  WHERE id = %(conversation)s RETURNING status), "
+        "touched AS (UPDATE inbox_agents SET last_assigned_at = clock_timestamp() "
+        "  WHERE inbox_id = %(inbox)s AND agent_id = %(agent)s), "
+        "dequeued AS (DELETE FROM assignment_queue WHERE conversation_id = %(conversation)s) "
+        "INSERT INTO assignment_log (inbox_id, conversation_id, decision, agent_id, reason, "
+        "open_count, assign_limit, over_limit, event_id) "
+        "SELECT %(inbox)s, %(conversation)s, 'assigned', %(agent)s, %(reason)s, "
+        "(SELECT count(*) FROM conversations c WHERE c.inbox_id = %(inbox)s "
+        "  AND c.assignee_id = %(agent)s AND c.status = 'open' AND c.id <> %(conversation)s) "
+        "+ (SELECT count(*) FROM moved WHERE status = 'open'), "
+        "%(limit)s, %(over_limit)s, %(event_id)s",
+        {"agent": agent_id, "conversation": conversation_id, "inbox": inbox_id,
+         "reason": reason, "limit": inbox["auto_assign_limit"], "over_limit": over_limit,
+         "event_id": event["event_id"]})
+    await outbox.add(conn, topics.CONVERSATION_EVENTS, inbox_id, "ConversationEvent", event)
     log.info("assign: inbox %s conversation %s: assigned to agent %s, %s",
              inbox_id, conversation_id, agent_id, reason)
     return Decision("assigned", conversation_id, agent_id, reason)

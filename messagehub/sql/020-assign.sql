@@ -28,15 +28,19 @@ ALTER TABLE inboxes ADD COLUMN IF NOT EXISTS out_of_hours_enabled boolean NOT NU
 
 -- Conversations waiting for an agent, served in order of queued_at: the
 -- arrival of the mail that opened the conversation, or the moment a person
--- put it back. A row leaves when the conversation is assigned or resolved.
+-- put it back. Arrival times come in milliseconds, so mails of one burst can
+-- share one, and position (the order of queueing) breaks the tie. A row
+-- leaves when the conversation is assigned or resolved.
 CREATE TABLE IF NOT EXISTS assignment_queue (
     conversation_id  uuid PRIMARY KEY REFERENCES conversations (id) ON DELETE CASCADE,
     inbox_id         uuid NOT NULL REFERENCES inboxes (id) ON DELETE CASCADE,
     queued_at        timestamptz NOT NULL,
     reason           text NOT NULL
 );
-CREATE INDEX IF NOT EXISTS assignment_queue_order
-    ON assignment_queue (inbox_id, queued_at, conversation_id);
+ALTER TABLE assignment_queue ADD COLUMN IF NOT EXISTS position bigserial;
+DROP INDEX IF EXISTS assignment_queue_order;
+CREATE INDEX IF NOT EXISTS assignment_queue_in_order
+    ON assignment_queue (inbox_id, queued_at, position);
 
 -- Every assignment decision, written under the inbox's row lock, so id
 -- order is the order in which the decisions took effect. open_count is the

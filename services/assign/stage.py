@@ -71,14 +71,14 @@ class AssignStage:
             log.info("assign: inbox %s conversation %s: opened by %s mail, not assigned",
                      inbox["id"], conversation["id"], event["message_kind"])
             return
-        decision = await assignment.assign_or_queue(
+        decisions = await assignment.assign_or_queue(
             conn, inbox, conversation, trigger=Trigger(event["event_id"]),
             queued_at=answers.arrival_of(event))
-        if decision is not None:
-            self._observe([decision])
-            if decision.kind == "assigned":
-                self._sensor.on_assigned_new(
-                    (datetime.now(timezone.utc) - event["occurred_at"]).total_seconds())
+        self._observe(decisions)
+        if any(d.kind == "assigned" and d.conversation_id == str(conversation["id"])
+               for d in decisions):
+            self._sensor.on_assigned_new(
+                (datetime.now(timezone.utc) - event["occurred_at"]).total_seconds())
 
     async def _on_message_added(self, conn: AsyncConnection[Any], event: dict[str, Any]) -> None:
         if event["direction"] != "incoming":

@@ -88,7 +88,7 @@ def open_counts(stack: dict[str, Any], inbox: dict[str, Any]) -> dict[str, int]:
 def queued(stack: dict[str, Any], inbox: dict[str, Any]) -> list[str]:
     """Return the inbox's queued conversation ids in queue order."""
     rows = query(stack, "SELECT conversation_id FROM assignment_queue WHERE inbox_id = %s "
-                        "ORDER BY queued_at, conversation_id", (inbox["id"],))
+                        "ORDER BY queued_at, position", (inbox["id"],))
     return [str(row["conversation_id"]) for row in rows]
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -212,10 +213,12 @@ def test_business_hours__note_text_names_next_opening(stack: dict[str, Any]) -> 
     [mail] = [m for m in read_sink(Path(stack["sink_dir"]))
               if m.message["Message-ID"] == f"<{row['rfc_message_id']}>"]
     assert mail.rcpt_tos == ["nadia@example.org"]
-    text = mail.message.get_body(("plain",)).get_content()
+    body = mail.message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
     opening = datetime.combine(today + timedelta(days=3), datetime.min.time(), timezone.utc)
     assert "outside our business hours" in text
-    assert f"We will be back on {business_hours.format_opening(opening, timezone.utc, 'en')}" \
+    assert f"We will be back on {business_hours.format_opening(opening, ZoneInfo('UTC'), 'en')}" \
         in text
 
 

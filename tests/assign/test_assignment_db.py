@@ -127,6 +127,34 @@ def test_queue__served_in_arrival_order(stack: dict[str, Any]) -> None:
     assert served == conversation_ids
 
 
+def test_queue__same_arrival_keeps_queueing_order(stack: dict[str, Any]) -> None:
+    # Arrival times are milliseconds, so one burst can share one.
+    inbox = create_inbox(stack, agents=["Kim"], limit=1)
+    holder = insert_conversation(stack, inbox)
+    assign_all(stack, inbox, [holder])
+    conversation_ids = [insert_conversation(stack, inbox) for _ in range(5)]
+    for conversation_id in conversation_ids:
+        run_async(in_transaction, stack["database_url"], _decide_one, inbox["id"],
+                  conversation_id, T0)
+
+    assert queued(stack, inbox) == conversation_ids
+
+
+def test_new_conversation__never_overtakes_queue(stack: dict[str, Any]) -> None:
+    inbox = create_inbox(stack, agents=["Kim"], limit=1)
+    holder, waiting, newcomer = (insert_conversation(stack, inbox) for _ in range(3))
+    assign_all(stack, inbox, [holder, waiting])
+    # Resolved by a writer that leaves serving the queue to the assign service.
+    query(stack, "UPDATE conversations SET status = 'resolved' WHERE id = %s RETURNING id",
+          (holder,))
+
+    run_async(in_transaction, stack["database_url"], _decide_one, inbox["id"], newcomer,
+              T0 + timedelta(minutes=5))
+
+    assert assignee_of(stack, waiting) == "Kim"
+    assert queued(stack, inbox) == [newcomer]
+
+
 async def _decide_one(conn: Any, inbox_id: str, conversation_id: str,
                       arrival: datetime) -> Any:
     inbox = await assignment.lock_inbox(conn, inbox_id)
