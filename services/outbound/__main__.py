@@ -11,8 +11,8 @@ from messagehub import secrets, topics
 from messagehub import settings as settings_module
 from messagehub.service import run_stage_service
 from messagehub.settings import Settings
+from messagehub.smtp_client import SmtpDelivery, SmtpServer, tls_context
 from services.outbound.limits import AutomaticMailCaps
-from services.outbound.smtp import SmtpDelivery, SmtpServer, tls_context
 from services.outbound.stage import OutboundStage
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from messagehub import secrets
+from messagehub.smtp_client import SmtpPermanentError, SmtpServer
 from services.outbound.sentcopy import ImapAccount
-from services.outbound.smtp import SmtpPermanentError, SmtpServer
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from datetime import datetime
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from services.outbound.smtp import is_loopback
+from messagehub.smtp_client import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from messagehub import business_hours, ids, outbox, topics
 from messagehub.events import conversation_event
+from messagehub.smtp_client import SmtpDelivery, SmtpPermanentError, SmtpServer
 from messagehub.worker import StageError
 from services.outbound.compose import Sender, build_mail, make_message_id, reply_subject
 from services.outbound.layout import frame_html
@@ -54,7 +55,6 @@ from services.outbound.limits import (
 from services.outbound.metrics import OutboundMetrics
 from services.outbound.routes import Route, load_route
 from services.outbound.sentcopy import SentCopyError, save_sent_copy
-from services.outbound.smtp import SmtpDelivery, SmtpPermanentError, SmtpServer
 from services.outbound.texts import custom_text, default_text, render_auto_text
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from messagehub.localstack.tls import ensure_self_signed_cert
-from services.outbound.smtp import (
+from messagehub.smtp_client import (
     SmtpDelivery,
     SmtpPermanentError,
     SmtpServer,

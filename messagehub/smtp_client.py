@@ -1,7 +1,10 @@
 """Handing built mail to an SMTP server: TLS, authentication, retries and error classes.
 
 The outbound stage calls :meth:`SmtpDelivery.send` with the :class:`SmtpServer`
-of the sending inbox (its own server, or the operator's relay). The session
+of the sending inbox (its own server, or the operator's relay), and the
+API's connection test calls :meth:`SmtpDelivery.verify` and
+:func:`check_settings`; it lives in the shared package because a service
+never imports another. The session
 is driven step by step so that each step can fail with a clear, classified
 error instead of a hang:
 
