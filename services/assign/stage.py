@@ -104,6 +104,9 @@ class AssignStage:
                                (conversation["id"],))
             self._observe(await assignment.drain_queue(conn, inbox, trigger=trigger))
         else:
+            # NOTE: the router reopens a conversation without the inbox lock, so
+            # until this runs its agent may have one open conversation more
+            # than the limit; settle_reopened moves it on if so.
             self._observe(await assignment.settle_reopened(conn, inbox, conversation,
                                                            trigger=trigger))
 
