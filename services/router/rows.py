@@ -1,16 +1,16 @@
 """Reads and writes of the router's rows, one function per statement.
 
 ``stage.RouterStage`` calls these inside the batch transaction of the shared
-loop, so nothing here commits. Lookups that could take one query per id
-take all ids in one query; rows written several at a time go through
-``executemany``.
+loop, so nothing here commits. Everything threading needs to know about an
+incoming mail is read in one query (:func:`look_up`), and no write returns
+anything, so the stage can send all writes of a mail in one pipeline.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,63 @@ async def load_inbox_and_raw(conn: AsyncConnection[Any], inbox_id: str,
     return (row if row["id"] is not None else None), (None if content is None else bytes(content))
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """What the inbox already knows about a mail, read in one query."""
+
+    known: bool  # a message or notice with the mail's dedup key exists
+    candidates: list[Row]  # key, by_token, conversation_id, known (participants), and state
+    subject_match: Row | None  # the subject fallback's conversation, with its state
+
+
+# The conversation columns threading decisions read.
+_STATE = "c.id AS conversation_id, c.status, c.last_message_at, c.superseded_by"
+
+
+async def look_up(conn: AsyncConnection[Any], *, inbox_id: str, dedup_key: str,
+                  tokens: list[str], keys: list[str], addresses: list[str],
+                  subject_key: str | None, since: datetime | None,
+                  mail_is_reply: bool) -> Lookup:
+    """Read in one round trip whether the mail is known and what it may thread to.
+
+    Candidate rows come from reply tokens (``by_token``) and thread keys,
+    each with ``known``: those of ``addresses`` that take part in the
+    conversation. The subject fallback's row is the most recent
+    conversation with ``subject_key`` active since ``since``; unless the
+    new mail is a reply, that conversation must have started with one,
+    because two first mails with one subject are two requests.
+    """
+    cursor = await conn.execute(
+        "SELECT 'known' AS source, NULL AS key, NULL::uuid AS conversation_id, NULL AS status,"
+        " NULL::timestamptz AS last_message_at, NULL::uuid AS superseded_by, NULL::text[] AS known"
+        " WHERE EXISTS (SELECT 1 FROM messages WHERE inbox_id = %(inbox)s"
+        " AND dedup_key = %(dedup)s) OR EXISTS (SELECT 1 FROM notices"
+        " WHERE inbox_id = %(inbox)s AND dedup_key = %(dedup)s) "
+        "UNION ALL "
+        "SELECT f.source, f.key, " + _STATE + ", ARRAY(SELECT p.address"
+        " FROM conversation_participants p WHERE p.conversation_id = c.id"
+        " AND p.address = ANY(%(addresses)s)) FROM ("
+        " SELECT 'token' AS source, reply_token AS key, id AS conversation_id FROM conversations"
+        " WHERE inbox_id = %(inbox)s AND reply_token = ANY(%(tokens)s)"
+        " UNION ALL SELECT 'key', message_id, conversation_id FROM thread_keys"
+        " WHERE inbox_id = %(inbox)s AND message_id = ANY(%(keys)s)"
+        ") AS f JOIN conversations c ON c.id = f.conversation_id "
+        "UNION ALL "
+        "(SELECT 'subject', NULL, " + _STATE + ", NULL FROM conversations c"
+        " WHERE c.inbox_id = %(inbox)s AND c.subject_key = %(subject)s"
+        " AND c.last_message_at >= %(since)s AND (%(reply)s OR c.started_by_reply)"
+        " ORDER BY c.last_message_at DESC, c.id LIMIT 1)",
+        {"inbox": inbox_id, "dedup": dedup_key, "tokens": tokens, "keys": keys,
+         "addresses": addresses, "subject": subject_key, "since": since,
+         "reply": mail_is_reply})
+    found: list[Row] = await cursor.fetchall()
+
+    subject_match = next((row for row in found if row["source"] == "subject"), None)
+    return Lookup(known=any(row["source"] == "known" for row in found),
+                  candidates=[row for row in found if row["source"] in ("token", "key")],
+                  subject_match=subject_match)
+
+
 async def is_known(conn: AsyncConnection[Any], inbox_id: str, dedup_key: str) -> bool:
     """Tell whether the inbox already contains a message or notice with this dedup key."""
     row = await fetch_one(
@@ -56,58 +113,22 @@ async def is_known(conn: AsyncConnection[Any], inbox_id: str, dedup_key: str) ->
     return bool(row and row["known"])
 
 
-# ---------------------------------------------------------------------------
-# Threading lookups
-# ---------------------------------------------------------------------------
+async def current_conversation(conn: AsyncConnection[Any], state: Row) -> Row:
+    """Return the threading state of the conversation that ``state`` leads to.
 
-
-async def thread_candidates(conn: AsyncConnection[Any], inbox_id: str, tokens: list[str],
-                            keys: list[str], addresses: list[str]) -> list[Row]:
-    """Return the conversations that reply tokens and thread keys name, in one query.
-
-    Each row has ``key``, ``by_token``, ``conversation_id`` and ``known``:
-    those of ``addresses`` that take part in the conversation.
+    A conversation superseded by a newer one leads to that one, so the
+    successor links are followed until the current conversation.
     """
-    if not tokens and not keys:
-        return []
-    cursor = await conn.execute(
-        "WITH found AS ("
-        " SELECT reply_token AS key, true AS by_token, id AS conversation_id FROM conversations"
-        " WHERE inbox_id = %(inbox)s AND reply_token = ANY(%(tokens)s)"
-        " UNION ALL"
-        " SELECT message_id, false, conversation_id FROM thread_keys"
-        " WHERE inbox_id = %(inbox)s AND message_id = ANY(%(keys)s)) "
-        "SELECT f.key, f.by_token, f.conversation_id, ARRAY(SELECT p.address"
-        " FROM conversation_participants p WHERE p.conversation_id = f.conversation_id"
-        " AND p.address = ANY(%(addresses)s)) AS known FROM found f",
-        {"inbox": inbox_id, "tokens": tokens, "keys": keys, "addresses": addresses})
-    found: list[Row] = await cursor.fetchall()
-    return found
-
-
-async def conversation_by_subject(conn: AsyncConnection[Any], inbox_id: str, key: str,
-                                  since: datetime, mail_is_reply: bool) -> str | None:
-    """Return the most recent conversation with this subject key active since ``since``.
-
-    Unless the new mail is a reply, the conversation must have started with
-    one: two first mails with equal subjects are two requests.
-    """
-    row = await fetch_one(
-        conn, "SELECT id FROM conversations WHERE inbox_id = %s AND subject_key = %s "
-              "AND last_message_at >= %s AND (%s OR started_by_reply) "
-              "ORDER BY last_message_at DESC, id LIMIT 1",
-        (inbox_id, key, since, mail_is_reply))
-    return None if row is None else str(row["id"])
-
-
-async def load_conversation(conn: AsyncConnection[Any], conversation_id: str) -> Row:
-    """Return the conversation, following successor links to the current one."""
+    if state["superseded_by"] is None:
+        return state
+    conversation_id = str(state["superseded_by"])
     # A chain longer than this would need a successor per resolution window
     # for years; stopping there is safe because every link is a real
     # conversation.
     row: Row | None = None
     for _ in range(50):
-        row = await fetch_one(conn, "SELECT * FROM conversations WHERE id = %s",
+        row = await fetch_one(conn, "SELECT id AS conversation_id, status, last_message_at, "
+                                    "superseded_by FROM conversations WHERE id = %s",
                               (conversation_id,))
         assert row is not None, f"conversation {conversation_id} vanished inside the transaction"
         if row["superseded_by"] is None:
@@ -123,26 +144,21 @@ async def load_conversation(conn: AsyncConnection[Any], conversation_id: str) ->
 
 
 async def upsert_contact(conn: AsyncConnection[Any], contact_id: str, inbox_id: str, email: str,
-                         name: str, seen_at: datetime) -> Row:
-    cursor = await conn.execute(
+                         name: str, seen_at: datetime) -> None:
+    """Create the contact, or give a nameless one the name this mail carries."""
+    await conn.execute(
         "INSERT INTO contacts (id, inbox_id, email, name, created_at) VALUES (%s, %s, %s, %s, %s) "
         "ON CONFLICT (inbox_id, email) DO UPDATE SET name = CASE WHEN contacts.name = '' "
-        "THEN EXCLUDED.name ELSE contacts.name END RETURNING *",
+        "THEN EXCLUDED.name ELSE contacts.name END",
         (contact_id, inbox_id, email, name, seen_at))
-    row: Row | None = await cursor.fetchone()
-    assert row is not None
-    return row
 
 
-async def insert_conversation(conn: AsyncConnection[Any], values: Row) -> Row:
-    cursor = await conn.execute(
+async def insert_conversation(conn: AsyncConnection[Any], values: Row) -> None:
+    await conn.execute(
         "INSERT INTO conversations (id, inbox_id, contact_id, subject, status, reply_token, "
         "created_at, last_message_at, subject_key, started_by_reply) VALUES (%(id)s, "
         "%(inbox_id)s, %(contact_id)s, %(subject)s, 'open', %(reply_token)s, %(arrived_at)s, "
-        "%(arrived_at)s, %(subject_key)s, %(started_by_reply)s) RETURNING *", values)
-    row: Row | None = await cursor.fetchone()
-    assert row is not None
-    return row
+        "%(arrived_at)s, %(subject_key)s, %(started_by_reply)s)", values)
 
 
 async def supersede(conn: AsyncConnection[Any], old_id: str, new_id: str) -> None:

@@ -80,7 +80,7 @@ def attachment_url(message_id: str, sha256: str) -> str:
 class Placement:
     """The conversation an incoming mail goes to, as threading decided."""
 
-    conversation: rows.Row | None  # None: a new conversation
+    conversation: rows.Row | None  # threading state of the conversation; None: a new one
     rule: str  # a threader.RULE_* name
     supersedes: rows.Row | None = None  # the resolved conversation a successor replaces
 
@@ -113,7 +113,10 @@ class RouterStage:
         mail = parse_mail(raw)
         dedup_key = dedup_key_of(mail, record["raw_sha256"])
 
-        if await rows.is_known(conn, record["inbox_id"], dedup_key):
+        parties = self._parties(inbox, mail)
+        keyed = self._thread_keys_to_look_up(mail, record)
+        lookup = await self._look_up(conn, inbox, mail, record, dedup_key, parties, keyed)
+        if lookup.known:
             log.info("router: inbox %s Message-ID %s: duplicate, skipped",
                      record["inbox_id"], dedup_key)
             return
@@ -122,34 +125,75 @@ class RouterStage:
             await _store_notice(conn, record, mail, dedup_key)
             return
 
-        placement = await self._place(conn, inbox, mail, record)
+        placement = await self._place(conn, inbox, mail, record, parties, keyed, lookup)
         if placement.conversation is None and mail.kind in NOTICE_WHEN_UNMATCHED:
             await _store_notice(conn, record, mail, dedup_key)
             return
 
-        await self._add_incoming(conn, inbox, mail, record, dedup_key, placement)
+        # None of the writes returns anything the next one needs, so they go
+        # to the server in one pipeline instead of one round trip each.
+        async with conn.pipeline():
+            await self._add_incoming(conn, inbox, mail, record, dedup_key, placement)
+
+    def _thread_keys_to_look_up(self, mail: ParsedMail,
+                                record: dict[str, Any]) -> list[tuple[str, str, bool]]:
+        """Return (token or Message-ID, rule, ours) for every key that may name a conversation, in rule order."""
+        addresses = [a.email for a in (*mail.to, *mail.cc)] + list(mail.delivered_to)
+        addresses += list(mail.x_original_to) + list(record["envelope_recipients"])
+        keyed = [(token, threader.RULE_REPLY_TOKEN, True)
+                 for token in threader.reply_tokens(addresses, self._inbound_domain)]
+
+        in_reply_to, references = _thread_ids(mail)
+        for key in threader.lookup_ids(in_reply_to, references):
+            rule = threader.RULE_IN_REPLY_TO if key in in_reply_to else threader.RULE_REFERENCES
+            keyed.append((key, rule, threader.is_our_id(key, self._message_id_domain)))
+
+        # A reply that arrived before this mail already named it as a thread key.
+        if mail.message_id and mail.kind != "bounce" and all(k != mail.message_id for k, _, _ in keyed):
+            keyed.append((mail.message_id, threader.RULE_OWN_MESSAGE_ID, False))
+        return keyed
+
+    async def _look_up(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
+                       record: dict[str, Any], dedup_key: str, parties: Parties,
+                       keyed: list[tuple[str, str, bool]]) -> rows.Lookup:
+        subject_key = _subject_key(mail) if mail.kind != "bounce" else None
+        return await rows.look_up(
+            conn, inbox_id=record["inbox_id"], dedup_key=dedup_key,
+            tokens=[key for key, rule, _ in keyed if rule == threader.RULE_REPLY_TOKEN],
+            keys=[key for key, rule, _ in keyed if rule != threader.RULE_REPLY_TOKEN],
+            addresses=_lookup_addresses(parties), subject_key=subject_key,
+            since=threader.subject_window_start(record["occurred_at"],
+                                                inbox["subject_threading_days"]),
+            mail_is_reply=_is_reply(mail))
 
     async def _place(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
-                     record: dict[str, Any]) -> Placement:
+                     record: dict[str, Any], parties: Parties,
+                     keyed: list[tuple[str, str, bool]], lookup: rows.Lookup) -> Placement:
         """Find the conversation for the mail, or decide that it starts one."""
-        inbox_id = record["inbox_id"]
-        parties = self._parties(inbox, mail)
-        candidates, participants = await self._candidates(conn, inbox_id, mail, record, parties)
+        by_token = {row["key"]: row for row in lookup.candidates if row["source"] == "token"}
+        by_key = {row["key"]: row for row in lookup.candidates if row["source"] == "key"}
+        states = {str(row["conversation_id"]): row for row in lookup.candidates}
+
+        candidates = []
+        for key, rule, ours in keyed:
+            row = (by_token if rule == threader.RULE_REPLY_TOKEN else by_key).get(key)
+            if row is not None:
+                candidates.append(Candidate(str(row["conversation_id"]), key, rule, ours))
+        participants = {conversation_id: frozenset(row["known"])
+                        for conversation_id, row in states.items()}
 
         chosen, rejected = threader.choose(candidates, parties, participants)
         for candidate in rejected:
             log.warning("router: inbox %s Message-ID %s: %s %s of conversation %s not trusted: "
-                        "the sender takes no part in it", inbox_id, mail.message_id,
+                        "the sender takes no part in it", record["inbox_id"], mail.message_id,
                         candidate.rule, candidate.key, candidate.conversation_id)
 
         if chosen is not None:
-            conversation = await rows.load_conversation(conn, chosen.conversation_id)
-            return _resolve_reopening(inbox, mail, record, conversation, chosen.rule)
-
-        found = await self._by_subject(conn, inbox, mail, record)
-        if found is not None:
-            conversation = await rows.load_conversation(conn, found)
-            return _resolve_reopening(inbox, mail, record, conversation, threader.RULE_SUBJECT)
+            state = await rows.current_conversation(conn, states[chosen.conversation_id])
+            return _resolve_reopening(inbox, mail, record, state, chosen.rule)
+        if lookup.subject_match is not None:
+            state = await rows.current_conversation(conn, lookup.subject_match)
+            return _resolve_reopening(inbox, mail, record, state, threader.RULE_SUBJECT)
         return Placement(conversation=None, rule=threader.RULE_NEW)
 
     def _parties(self, inbox: rows.Row, mail: ParsedMail) -> Parties:
@@ -173,81 +217,41 @@ class RouterStage:
             return address in addresses or address.rpartition("@")[2] == self._inbound_domain
         return own
 
-    async def _candidates(self, conn: AsyncConnection[Any], inbox_id: str, mail: ParsedMail,
-                          record: dict[str, Any], parties: Parties,
-                          ) -> tuple[list[Candidate], dict[str, frozenset[str]]]:
-        """Return the conversations the mail's token and ids point to, in rule order.
-
-        The second value maps each of those conversations to the mail's
-        addresses that take part in it, for the trust check.
-        """
-        addresses = [a.email for a in (*mail.to, *mail.cc)] + list(mail.delivered_to)
-        addresses += list(mail.x_original_to) + list(record["envelope_recipients"])
-        tokens = threader.reply_tokens(addresses, self._inbound_domain)
-
-        in_reply_to, references = _thread_ids(mail)
-        keyed = [(key, threader.RULE_IN_REPLY_TO if key in in_reply_to else threader.RULE_REFERENCES)
-                 for key in threader.lookup_ids(in_reply_to, references)]
-        # A reply that arrived before this mail already named it as a thread key.
-        if mail.message_id and mail.kind != "bounce" and all(k != mail.message_id for k, _ in keyed):
-            keyed.append((mail.message_id, threader.RULE_OWN_MESSAGE_ID))
-
-        found = await rows.thread_candidates(conn, inbox_id, tokens, [key for key, _ in keyed],
-                                             _lookup_addresses(parties))
-        by_token = {row["key"]: str(row["conversation_id"]) for row in found if row["by_token"]}
-        by_key = {row["key"]: str(row["conversation_id"]) for row in found if not row["by_token"]}
-        participants = {str(row["conversation_id"]): frozenset(row["known"]) for row in found}
-
-        candidates = [Candidate(by_token[token], token, threader.RULE_REPLY_TOKEN, ours=True)
-                      for token in tokens if token in by_token]
-        candidates += [Candidate(by_key[key], key, rule,
-                                 ours=threader.is_our_id(key, self._message_id_domain))
-                       for key, rule in keyed if key in by_key]
-        return candidates, participants
-
-    async def _by_subject(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
-                          record: dict[str, Any]) -> str | None:
-        since = threader.subject_window_start(record["occurred_at"], inbox["subject_threading_days"])
-        key = _subject_key(mail)
-        if since is None or key is None or mail.kind == "bounce":
-            return None
-        return await rows.conversation_by_subject(conn, str(inbox["id"]), key, since,
-                                                  _is_reply(mail))
-
     async def _add_incoming(self, conn: AsyncConnection[Any], inbox: rows.Row, mail: ParsedMail,
                             record: dict[str, Any], dedup_key: str, placement: Placement) -> None:
         inbox_id, arrived_at = record["inbox_id"], record["occurred_at"]
         contact = await _upsert_contact(conn, inbox_id, mail, arrived_at)
 
-        conversation, created, reopened = placement.conversation, False, False
-        if conversation is None:
-            conversation = await self._create_conversation(conn, inbox_id, dedup_key, mail,
-                                                           contact, arrived_at)
-            created = True
+        created = placement.conversation is None
+        if placement.conversation is None:
+            conversation_id = await self._create_conversation(conn, inbox_id, dedup_key, mail,
+                                                              contact, arrived_at)
+            reopened = False
             if placement.supersedes is not None:
-                await rows.supersede(conn, str(placement.supersedes["id"]), str(conversation["id"]))
+                await rows.supersede(conn, str(placement.supersedes["conversation_id"]),
+                                     conversation_id)
         else:
-            reopened = conversation["status"] == "resolved" and mail.kind in REOPENING_KINDS
-        conversation_id = str(conversation["id"])
+            conversation_id = str(placement.conversation["conversation_id"])
+            reopened = (placement.conversation["status"] == "resolved"
+                        and mail.kind in REOPENING_KINDS)
+            await rows.touch_conversation(conn, conversation_id, arrived_at, reopened)
 
         message_id = ids.derive_id("message", inbox_id, dedup_key)
         await self._insert_incoming_message(conn, inbox_id, conversation_id, message_id, dedup_key,
                                             mail, record, placement.rule)
-        if not created:
-            await rows.touch_conversation(conn, conversation_id, arrived_at, reopened)
         await rows.add_thread_keys(conn, inbox_id, conversation_id, threader.thread_keys_of(
             mail.message_id, *_thread_ids(mail)))
         await rows.add_participants(conn, conversation_id,
                                     self._participants_of(inbox, mail, created))
 
-        await self._emit_incoming(conn, record, mail, conversation, contact, message_id,
+        await self._emit_incoming(conn, record, mail, conversation_id, contact, message_id,
                                   created, reopened)
 
     async def _create_conversation(self, conn: AsyncConnection[Any], inbox_id: str,
                                    dedup_key: str, mail: ParsedMail, contact: rows.Row | None,
-                                   arrived_at: datetime) -> rows.Row:
+                                   arrived_at: datetime) -> str:
         conversation_id = ids.derive_id("conversation", inbox_id, dedup_key)
-        conversation = await rows.insert_conversation(conn, {
+        await rows.insert_conversation(conn, {
             "id": conversation_id,
             "inbox_id": inbox_id,
             "contact_id": contact["id"] if contact else None,
@@ -259,7 +263,7 @@ class RouterStage:
         })
         log.info("router: inbox %s Message-ID %s: new conversation %s",
                  inbox_id, mail.message_id, conversation_id)
-        return conversation
+        return conversation_id
 
     async def _insert_incoming_message(self, conn: AsyncConnection[Any], inbox_id: str,
                                        conversation_id: str, message_id: str, dedup_key: str,
@@ -300,12 +304,12 @@ class RouterStage:
         return [(address, role) for address, role in pairs if not own(address)]
 
     async def _emit_incoming(self, conn: AsyncConnection[Any], record: dict[str, Any],
-                             mail: ParsedMail, conversation: rows.Row,
+                             mail: ParsedMail, conversation_id: str,
                              contact: rows.Row | None, message_id: str, created: bool,
                              reopened: bool) -> None:
-        inbox_id, conversation_id = record["inbox_id"], str(conversation["id"])
+        inbox_id = record["inbox_id"]
         common = {
-            "contact_id": str(contact["id"]) if contact else None,
+            "contact_id": contact["id"] if contact else None,
             "contact_email": contact["email"] if contact else None,
             "message_id": message_id,
             "rfc_message_id": mail.message_id,
@@ -317,7 +321,7 @@ class RouterStage:
         if created:
             await _emit(conn, conversation_event(
                 "CONVERSATION_CREATED", fact="created", inbox_id=inbox_id,
-                conversation_id=conversation_id, status="open", subject=conversation["subject"],
+                conversation_id=conversation_id, status="open", subject=mail.subject,
                 **common))
         await _emit(conn, conversation_event(
             "MESSAGE_ADDED", fact=message_id, inbox_id=inbox_id, conversation_id=conversation_id,
@@ -349,6 +353,13 @@ class RouterStage:
         if raw is None:
             raise _raw_mail_missing(record["raw_sha256"])
         mail = parse_mail(raw)
+        async with conn.pipeline():
+            await self._add_outgoing(conn, record, mail)
+
+    async def _add_outgoing(self, conn: AsyncConnection[Any], record: dict[str, Any],
+                            mail: ParsedMail) -> None:
+        inbox_id, conversation_id = record["inbox_id"], record["conversation_id"]
+        dedup_key = record["rfc_message_id"]
         message_id = ids.derive_id("message", inbox_id, dedup_key)
         await rows.insert_message(conn, {
             **rows.message_values(mail),
@@ -393,7 +404,7 @@ def _resolve_reopening(inbox: rows.Row, mail: ParsedMail, record: dict[str, Any]
             inbox["new_conversation_after_days"]):
         log.info("router: inbox %s Message-ID %s: conversation %s resolved more than %d days "
                  "ago, starting a new one", record["inbox_id"], mail.message_id,
-                 conversation["id"], inbox["new_conversation_after_days"])
+                 conversation["conversation_id"], inbox["new_conversation_after_days"])
         return Placement(conversation=None, rule=rule, supersedes=conversation)
     return Placement(conversation=conversation, rule=rule)
 
@@ -462,12 +473,14 @@ def _raw_mail_missing(sha256: str) -> RawMailMissing:
 
 async def _upsert_contact(conn: AsyncConnection[Any], inbox_id: str, mail: ParsedMail,
                           seen_at: datetime) -> rows.Row | None:
+    """Record the sender as a contact; return its id and address, None for no contact."""
     # A bounce comes from a mail system, never from a customer.
     if mail.kind == "bounce" or mail.from_ is None or not mail.from_.email:
         return None
     email = mail.from_.email.lower()
-    return await rows.upsert_contact(conn, ids.derive_id("contact", inbox_id, email), inbox_id,
-                                     email, mail.from_.name, seen_at)
+    contact_id = ids.derive_id("contact", inbox_id, email)
+    await rows.upsert_contact(conn, contact_id, inbox_id, email, mail.from_.name, seen_at)
+    return {"id": contact_id, "email": email}
 
 
 async def _store_notice(conn: AsyncConnection[Any], record: dict[str, Any], mail: ParsedMail,
