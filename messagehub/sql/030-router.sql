@@ -48,3 +48,4 @@ ALTER TABLE messages ADD COLUMN IF NOT EXISTS threaded_by text;
 
 -- The dedup key of the mail behind a notice, so a second copy adds nothing.
 ALTER TABLE notices ADD COLUMN IF NOT EXISTS dedup_key text;
+CREATE INDEX IF NOT EXISTS notices_dedup_key ON notices (inbox_id, dedup_key);
