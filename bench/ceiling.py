@@ -3,9 +3,9 @@
 The router parses every mail with :func:`services.router.mime.parse_mail`
 before it threads and stores it, so no pipeline on this machine can go
 faster than the parser. :func:`measure_ceiling` runs it over the same mails
-the benchmark sends, in one process on one core (one router process handles
-its partitions one mail at a time), for ``rounds`` rounds, and returns the
-median rate with each shape's share of the time.
+the benchmark sends, for ``rounds`` rounds, in one process on one core,
+because one router process also handles its partitions one mail at a time.
+It returns the median rate and the mean time per mail of each shape.
 """
 
 from __future__ import annotations

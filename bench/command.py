@@ -2,8 +2,8 @@
 
 By default the command wipes and starts a stack in ``/var/tmp/messagehub/bench``
 with ports from 48000 (``MESSAGEHUB_BENCH_STATE_DIR``,
-``MESSAGEHUB_BENCH_PORT_BASE``), so every run starts from empty tables and
-never touches the demo's or the tests' stacks; it stops the stack at the
+``MESSAGEHUB_BENCH_PORT_BASE``). So every run starts from empty tables and
+never touches the demo's or the tests' stacks. It stops the stack at the
 end unless ``--keep-stack``. With ``--running`` it uses the stack that
 ``messagehub up`` started instead, and leaves it as it is. ``--memory-mails N`` runs the long memory
 check instead (:mod:`bench.memory`).

@@ -3,11 +3,12 @@
 :func:`measure_idle_latency` creates a Dovecot user on the stack, an inbox
 whose IMAP sync points at that mailbox (set with ``messagehub inbox imap``,
 over implicit TLS, from now on), waits until ingest's sync of INBOX is in
-IDLE, then appends mails one at a time with a pause between them. Each
+IDLE. Then it appends mails one at a time with a pause between them. Each
 latency runs from just before the APPEND command to the moment the
 benchmark's subscriber gets the mail's ``mail.received`` record, so it
 covers Dovecot's IDLE notification, ingest's fetch, the raw store and
-Kafka's acknowledgement.
+Kafka's acknowledgement. A second IDLE connection of the benchmark's own
+measures Dovecot's notification alone, for comparison.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SYNC_READY_TIMEOUT_SECONDS = 90.0
 RECEIVED_TIMEOUT_SECONDS = 30.0
+NOTIFY_TIMEOUT_SECONDS = 5.0
 
 
 class ImapBenchError(RuntimeError):
@@ -41,6 +43,8 @@ class ImapBenchError(RuntimeError):
 class IdleResult:
     latencies_ms: list[float]
     missing: int  # appended mails whose mail.received never came
+    # APPEND to Dovecot's EXISTS on a plain IDLE connection, the server's share
+    server_notify_ms: list[float]
 
 
 def measure_idle_latency(info: dict[str, Any], observer: EventObserver, *, mails: int = 40,
@@ -56,13 +60,14 @@ def measure_idle_latency(info: dict[str, Any], observer: EventObserver, *, mails
                   "--password-stdin", password=password)
     try:
         _wait_until_idle(info["database_url"], inbox["id"])
-        appended = _append_mails(info, login, password, mails, pause_seconds)
+        appended, notified_ms = _append_mails(info, login, password, mails, pause_seconds)
         received = _wait_received(observer, appended)
     finally:
         _imap_command(info, inbox["name"], "--disable")
 
     latencies = [1000 * (received[mid] - at) for mid, at in appended.items() if mid in received]
-    return IdleResult(latencies_ms=latencies, missing=len(appended) - len(latencies))
+    return IdleResult(latencies_ms=latencies, missing=len(appended) - len(latencies),
+                      server_notify_ms=notified_ms)
 
 
 def _create_inbox(info: dict[str, Any], login: str) -> dict[str, Any]:
@@ -88,19 +93,41 @@ def _imap_command(info: dict[str, Any], inbox_name: str, *options: str,
 
 
 def _append_mails(info: dict[str, Any], login: str, password: str, mails: int,
-                  pause_seconds: float) -> dict[str, float]:
-    """Append the mails one by one; return when each APPEND started, by Message-ID."""
+                  pause_seconds: float) -> tuple[dict[str, float], list[float]]:
+    """Append the mails one by one; return when each APPEND started, by Message-ID.
+
+    A second connection waits in IDLE beside ingest's. The time until
+    Dovecot notifies it of each new mail is returned too, because that part
+    of the latency is the server's, whatever the client does.
+    """
     appended: dict[str, float] = {}
+    notified_ms: list[float] = []
     host, port = info["imap"].rsplit(":", 1)
-    with IMAPClient(host, port=int(port), ssl=False, timeout=30) as client:
+    with IMAPClient(host, port=int(port), ssl=False, timeout=30) as client, \
+            IMAPClient(host, port=int(port), ssl=False, timeout=30) as watcher:
         client.login(login, password)
+        watcher.login(login, password)
+        watcher.select_folder("INBOX", readonly=True)
+        watcher.idle()
         for number in range(mails):
             message_id = f"{login}.{number}@bench.example.org"
             raw = _mail(message_id, number)
             appended[message_id] = time.time()
             client.append("INBOX", raw)
+            if _wait_exists(watcher, NOTIFY_TIMEOUT_SECONDS):
+                notified_ms.append(1000 * (time.time() - appended[message_id]))
             time.sleep(pause_seconds)
-    return appended
+        watcher.idle_done()
+    return appended, notified_ms
+
+
+def _wait_exists(watcher: IMAPClient, timeout_seconds: float) -> bool:
+    deadline = time.monotonic() + timeout_seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        responses = watcher.idle_check(timeout=remaining)
+        if any(len(response) > 1 and response[1] == b"EXISTS" for response in responses):
+            return True
+    return False
 
 
 def _wait_received(observer: EventObserver, appended: dict[str, float]) -> dict[str, float]:

@@ -8,9 +8,9 @@ the next mails start late, so a receiver that cannot keep up shows as an
 achieved rate below the offered one.
 
 For each mail it records the wall-clock time just before the SMTP DATA
-command, the start of the latency the benchmark reports, and when the
-receiver's answer to the end of data arrived (its 250 means the mail is
-stored and ``mail.received`` is acknowledged by Kafka).
+command, where the latency the benchmark reports starts. It also records
+when the receiver's reply to the end of data arrived: a 250 means the mail
+is stored and ``mail.received`` is acknowledged by Kafka.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Sent:
     size: int
     due_at: float
     data_at: float  # just before the DATA command
-    answered_at: float  # the receiver's answer to the end of data
+    answered_at: float  # the receiver's reply to the end of data
     error: str | None
 
 
@@ -78,13 +78,13 @@ class _Schedule:
         self._count = count
         self._rate = rate
         self._started_at = started_at
-        self._taken = 0
+        self._handed_out = 0
 
     def next(self) -> tuple[GeneratedMail, float] | None:
-        if self._taken >= self._count:
+        if self._handed_out >= self._count:
             return None
-        due_at = self._started_at + self._taken / self._rate
-        self._taken += 1
+        due_at = self._started_at + self._handed_out / self._rate
+        self._handed_out += 1
         return next(self._mails), due_at
 
 

@@ -5,7 +5,7 @@ offers the benchmark's mail mix at ``rate`` mails/s until N mails are sent,
 waits until every conversation event has arrived, and samples the memory of
 every process every few seconds. A service passes when its RSS at the end
 is under the limit and it grew by at most ``GROWTH_TOLERANCE`` over the
-second half of the run (after N/2 mails): a leak grows steadily with the
+second half of the run (after N/2 mails). A leak grows steadily with the
 mail count, while caches and allocator pools level off in the first half.
 It takes N / rate seconds and more; it is run on demand, never in CI.
 """
@@ -93,7 +93,9 @@ def markdown(summary: dict[str, Any]) -> str:
     for name, figures in summary["memory_mb"].items():
         if not figures:
             continue
-        verdict = ("yes" if figures["pass"] else "no") if name in SERVICES else ""
+        verdict = ""
+        if name in SERVICES:
+            verdict = "yes" if figures["pass"] else "no"
         lines.append(f"| {name} | {figures['start_mb']} | {figures['half_mb']} | "
                      f"{figures['end_mb']} | {figures['max_mb']} | "
                      f"{figures['growth_last_half_mb']} | {verdict} |")

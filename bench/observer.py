@@ -35,7 +35,7 @@ POLL_TIMEOUT_MS = 100
 
 @dataclass
 class Observations:
-    """What the observer saw, keyed for matching with the mails sent."""
+    """Arrival times of the observed records, keyed to match the mails sent."""
 
     # rfc_message_id -> (seen at, conversation id, event type)
     conversation: dict[str, tuple[float, str, str]] = field(default_factory=dict)
@@ -113,7 +113,7 @@ def wait_for(observer: EventObserver, done: Callable[[Counts], bool], *,
 
 
 def _observe(bootstrap: str, connection: multiprocessing.connection.Connection) -> None:
-    """Run in the child: consume until told to stop, answering snapshot requests."""
+    """Consume in the child process until the parent sends "stop"; send counts or snapshots on request."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from kafka import KafkaConsumer, TopicPartition

@@ -37,6 +37,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "sustained_share_of_ceiling", "saturated_completed_per_s", "latency_rate",
             "p50_event_ms", "p95_event_ms", "p99_event_ms", "p50_assigned_ms",
             "p95_assigned_ms", "p99_assigned_ms", "idle_p50_ms", "idle_p99_ms", "idle_samples",
+            "idle_server_notify_p50_ms",
             "rss_mb", "cpu_percent_at_latency_rate", "cpu_percent_at_sustained_rate",
             "load_average_before", "load_average_after", "machine")
     return {key: results.get(key) for key in keys}
@@ -92,6 +93,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['p99_assigned_ms']} ms | p99 < 400 ms |",
         f"| IMAP APPEND to mail.received p50 / p99 ({results['idle_samples']} mails) "
         f"| {results['idle_p50_ms']} / {results['idle_p99_ms']} ms | |",
+        f"| of which Dovecot's IDLE notification alone, p50 "
+        f"| {results.get('idle_server_notify_p50_ms')} ms | |",
         "",
         "| offered mails/s | accepted/s | completed/s | in time | event p50 / p99 ms "
         "| assigned p50 / p99 ms | keeps up |",

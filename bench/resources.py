@@ -4,9 +4,9 @@ The benchmark finds each process through the pid files under the stack's
 state dir: the five services (``services/service-NAME.pid``), Kafka
 (``kafka/kafka.pid``) and PostgreSQL (``postgresql/postgresql.pid``, the
 postmaster). PostgreSQL runs one backend process per connection, so its
-figures cover the postmaster and all its children: memory as the sum of
-their PSS (proportional set size, so shared buffers count once, not once
-per backend), CPU including the backends that have already exited. For
+figures cover the postmaster and all its children. Its memory is the sum of
+their PSS (proportional set size), so shared buffers count once and not once
+per backend. Its CPU includes the backends that have already exited. For
 every other process memory is its RSS.
 
 :class:`ResourceSampler` reads them once per interval in a thread and keeps

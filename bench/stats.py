@@ -28,9 +28,11 @@ def summary_ms(values: Sequence[float]) -> dict[str, float | None]:
 
 @dataclass(frozen=True)
 class StepFigures:
-    """What one step at a fixed offered rate achieved."""
+    """Rates and latencies of one step at a fixed offered rate."""
 
     offered_per_s: float
+    started_at: float  # wall clock of the first due time
+    finished_at: float  # wall clock of the last reply from the receiver
     seconds: float
     mails: int
     accepted: int
@@ -76,7 +78,8 @@ def step_figures(result: OfferResult, observations: Observations, *, grace_secon
         completed_per_s = (len(event_times) - 1) / (max(event_times) - min(event_times))
     needed = keep_up_ratio * len(result.sent)
     return StepFigures(
-        offered_per_s=result.rate, seconds=round(seconds, 1), mails=len(result.sent),
+        offered_per_s=result.rate, started_at=result.started_at,
+        finished_at=result.finished_at, seconds=round(seconds, 1), mails=len(result.sent),
         accepted=len(accepted), errors=len(result.sent) - len(accepted), late=result.late,
         achieved_per_s=round(result.achieved_rate, 1), completed_in_time=in_time,
         completed_per_s=round(completed_per_s, 1), event_ms=summary_ms(event_latencies),

@@ -147,5 +147,7 @@ def test_report_targets_met__compares_each_target() -> None:
 
 def test_cli__bench_subcommand_parses() -> None:
     args = build_parser().parse_args(["bench", "--quick", "--json", "--running"])
-    assert args.quick and args.json and args.running
+    assert args.quick
+    assert args.json
+    assert args.running
     assert args.func.__module__ == "bench.command"
