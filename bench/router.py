@@ -3,18 +3,19 @@
 Runs against a local stack started with ``messagehub up``, found through
 MESSAGEHUB_STATE_DIR and MESSAGEHUB_PORT_BASE. It uses only the stack's
 PostgreSQL, in a scratch database of its own. It reads every
-``.eml`` file of the corpus folders (default: all of ``../shared/corpus``),
+``.eml`` file of the corpus folders (default: every corpus of the shared test
+material beside the repository),
 then measures in the same run:
 
 1. parse-only ceiling: ``parse_mail`` over every mail, in one process;
    the router can never be faster than this;
-2. router: the production batch loop (``BatchProcessor``: Avro decoding,
-   the idempotence check, ``RouterStage`` with threading, rows, attachments
-   and outbox events, one transaction per batch of up to 200 records) over
-   MailReceived records for the same mails, each round into a fresh inbox
-   so that every mail is new. The raw mails are stored before the clock
-   starts, as ingest would have done. Publishing the outbox to Kafka is not
-   part of the figure.
+2. router: the production batch loop over MailReceived records for the
+   same mails, each round into a fresh inbox so that every mail is new.
+   That is ``BatchProcessor`` with Avro decoding, the idempotence check and
+   ``RouterStage`` (threading, rows, attachments, outbox events), one
+   transaction per batch of up to 200 records. The raw mails are stored
+   before the clock starts, as ingest would have done. Publishing the
+   outbox to Kafka is not part of the figure.
 
 The two alternate, one pass over the corpus each per round, so both see
 the same load on a shared machine. It prints both rates and the router's share of the ceiling. One router

@@ -48,7 +48,7 @@ async def load_inbox_and_raw(conn: AsyncConnection[Any], inbox_id: str,
 
 @dataclass(frozen=True)
 class Lookup:
-    """What the inbox already knows about a mail, read in one query."""
+    """The inbox's existing records that bear on one mail, read in one query."""
 
     known: bool  # a message or notice with the mail's dedup key exists
     candidates: list[Row]  # key, by_token, conversation_id, known (participants), and state
@@ -68,7 +68,7 @@ async def look_up(conn: AsyncConnection[Any], *, inbox_id: str, dedup_key: str,
     Candidate rows come from reply tokens (``by_token``) and thread keys,
     each with ``known``: those of ``addresses`` that take part in the
     conversation. The subject fallback's row is the most recent
-    conversation with ``subject_key`` active since ``since``; unless the
+    conversation with ``subject_key`` active since ``since``. Unless the
     new mail is a reply, that conversation must have started with one,
     because two first mails with one subject are two requests.
     """

@@ -9,10 +9,10 @@ For an incoming mail the stage reads the raw bytes from the store, parses
 them, and skips a mail the inbox already contains (same Message-ID, or the
 same raw digest when the id is missing or unusable). Provider forwarding
 confirmations become notices for admins. Otherwise the mail is threaded by
-the rules of ``threader`` (reply token, In-Reply-To, References newest
-first, own Message-ID, subject fallback, each checked for trust); a bounce
-or an automatic reply that no conversation takes becomes a notice, because
-it is nobody's request. The stage then writes the contact, the conversation
+the rules of ``threader``: reply token, In-Reply-To, References newest
+first, own Message-ID and subject fallback, each checked for trust. A
+bounce or an automatic reply that no conversation takes becomes a notice,
+because it contains no request. The stage then writes the contact, the conversation
 (new, reopened, or a successor of one resolved longer ago than the inbox
 allows), the message with its attachments, the thread keys and the
 participants, and queues the conversation events.
