@@ -2,10 +2,9 @@
 
 Runs against a local stack started with ``messagehub up``, found through
 MESSAGEHUB_STATE_DIR and MESSAGEHUB_PORT_BASE. It uses only the stack's
-PostgreSQL, in a scratch database of its own. It reads every
-``.eml`` file of the corpus folders (default: every corpus of the shared test
-material beside the repository),
-then measures in the same run:
+PostgreSQL, in a scratch database of its own. It reads every ``.eml`` file
+of the corpus folders (default: every corpus of the shared test material
+beside the repository), then measures in the same run:
 
 1. parse-only ceiling: ``parse_mail`` over every mail, in one process;
    the router can never be faster than this;
