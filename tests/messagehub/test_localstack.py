@@ -1,7 +1,7 @@
 """Tests of messagehub.localstack: ManagedProcess, the SMTP sink and the full stack.
 
 The tests marked ``stack`` start a real LocalStack (Kafka, PostgreSQL,
-Dovecot, SMTP sink) on port base 37000 (or MESSAGEHUB_LOCALSTACK_TEST_PORT_BASE,
+Dovecot, SMTP sink) on port base 28000 (or MESSAGEHUB_LOCALSTACK_TEST_PORT_BASE,
 so that two runs on one machine can use different ports) in a fresh state
 dir under /var/tmp/messagehub, so they need root and deploy/local/install.sh.
 """
@@ -41,7 +41,7 @@ from messagehub.localstack import (
 
 logger = logging.getLogger(__name__)
 
-PORT_BASE = int(os.environ.get("MESSAGEHUB_LOCALSTACK_TEST_PORT_BASE", "37000"))
+PORT_BASE = int(os.environ.get("MESSAGEHUB_LOCALSTACK_TEST_PORT_BASE", "28000"))
 
 MESSAGE = (
     b"From: Ada <ada@example.com>\r\n"
