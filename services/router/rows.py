@@ -189,6 +189,25 @@ async def insert_message(conn: AsyncConnection[Any], values: Row) -> None:
         "%(threaded_by)s)", values)
 
 
+def to_json(value: Any) -> str:
+    """Serialize for a jsonb column, dropping NUL characters from every string.
+
+    PostgreSQL rejects the JSON escape of NUL in jsonb, and a NUL in a mail's header or
+    report field carries no meaning.
+    """
+    return json.dumps(_without_nul(value), ensure_ascii=False)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(item) for item in value]
+    return value
+
+
 def message_values(mail: ParsedMail) -> Row:
     """Return the message columns that come from the parsed mail alone."""
     return {
@@ -197,15 +216,15 @@ def message_values(mail: ParsedMail) -> Row:
         "references": mail.references,
         "from_name": mail.from_.name if mail.from_ else "",
         "from_email": mail.from_.email if mail.from_ else "",
-        "to_addresses": json.dumps([asdict(a) for a in mail.to]),
-        "cc_addresses": json.dumps([asdict(a) for a in mail.cc]),
+        "to_addresses": to_json([asdict(a) for a in mail.to]),
+        "cc_addresses": to_json([asdict(a) for a in mail.cc]),
         "subject": mail.subject,
         "text_body": mail.text,
         "new_text": mail.new_text,
         "auto_submitted": mail.auto_submitted,
         "list_id": mail.list_id,
-        "bounce": json.dumps(asdict(mail.bounce)) if mail.bounce else None,
-        "defects": json.dumps(mail.defects),
+        "bounce": to_json(asdict(mail.bounce)) if mail.bounce else None,
+        "defects": to_json(mail.defects),
     }
 
 

@@ -28,7 +28,6 @@ SHA-256.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -279,7 +278,7 @@ class RouterStage:
             "direction": "incoming",
             "kind": mail.kind,
             "html_body": _html_with_attachment_urls(mail, message_id),
-            "attachments": json.dumps([_attachment_json(a) for a in mail.attachments]),
+            "attachments": rows.to_json([_attachment_json(a) for a in mail.attachments]),
             "raw_sha256": record["raw_sha256"],
             "sent_at": mail.date,
             "received_at": record["occurred_at"],
@@ -372,7 +371,7 @@ class RouterStage:
             "rfc_message_id": dedup_key,
             "subject": record["subject"],
             "html_body": mail.html,
-            "attachments": json.dumps([_attachment_json(a) for a in mail.attachments]),
+            "attachments": rows.to_json([_attachment_json(a) for a in mail.attachments]),
             "raw_sha256": record["raw_sha256"],
             "sent_at": record["occurred_at"],
             "received_at": record["occurred_at"],
@@ -497,7 +496,7 @@ async def _store_notice(conn: AsyncConnection[Any], record: dict[str, Any], mail
         "inbox_id": record["inbox_id"],
         "kind": mail.kind,
         "subject": mail.subject,
-        "detail": json.dumps(detail),
+        "detail": rows.to_json(detail),
         "raw_sha256": record["raw_sha256"],
         "created_at": record["occurred_at"],
         "dedup_key": dedup_key,
