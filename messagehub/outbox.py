@@ -2,7 +2,8 @@
 
 A stage writes its rows and calls :func:`add` for each event in the same
 transaction. After the commit, :class:`OutboxRelay` sends the pending events
-to Kafka, waits for the broker's acknowledgement and only then deletes them.
+to Kafka, waits for the broker's acknowledgement and only then commits their
+deletion.
 A crash between the commit and the send leaves the rows in place, and the
 next relay run sends them; event ids are deterministic, so a row sent twice
 reaches subscribers as a duplicate they already know how to drop.
@@ -24,14 +25,26 @@ log = logging.getLogger(__name__)
 
 SendFunction = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 
+# Rows this process has queued so far, committed or not. The batch loop
+# compares it before and after a batch and skips the relay when nothing was
+# queued, which saves a transaction per batch of a stage that writes no event.
+_queued_total = 0
+
 
 async def add(conn: AsyncConnection[Any], topic: str, key: str | None,
               record_name: str, record: dict[str, Any]) -> None:
     """Queue ``record`` for ``topic`` inside the caller's transaction."""
+    global _queued_total
     value = codec.encode(record_name, record)
     await conn.execute(
         "INSERT INTO outbox (topic, key, value, event_id) VALUES (%s, %s, %s, %s)",
         (topic, key.encode() if key is not None else None, value, record["event_id"]))
+    _queued_total += 1
+
+
+def queued_total() -> int:
+    """Return how many rows :func:`add` has queued in this process, including rolled-back ones."""
+    return _queued_total
 
 
 class OutboxRelay:
@@ -62,19 +75,20 @@ class OutboxRelay:
                     return total
 
     async def _publish_batch(self) -> int:
+        # The rows are deleted and sent in one transaction that commits only
+        # after every acknowledgement, so a failed send rolls the delete back.
         async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
-                "SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT %s "
-                "FOR UPDATE SKIP LOCKED", (self._batch_size,))
-            rows = await cursor.fetchall()
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT %s "
+                "FOR UPDATE SKIP LOCKED) RETURNING id, topic, key, value", (self._batch_size,))
+            # RETURNING has no defined order; events go out in the order written.
+            rows = sorted(await cursor.fetchall(), key=lambda row: row["id"])
             if not rows:
                 return 0
 
             acknowledgements = [await self._send(row["topic"], row["key"], bytes(row["value"]))
                                 for row in rows]
             await asyncio.gather(*acknowledgements)
-
-            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([row["id"] for row in rows],))
 
         if self._on_published is not None:
             for row in rows:

@@ -117,6 +117,7 @@ class BatchProcessor:
 
     async def process(self, batch: Sequence[Coordinates]) -> None:
         """Apply ``batch`` until it commits, then publish what it implied."""
+        queued_before = outbox.queued_total()
         delay = 0.5
         while True:
             try:
@@ -127,7 +128,10 @@ class BatchProcessor:
                             self._stage.name, len(batch), delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
-        await self._publish_with_retry()
+        # Rows left by an earlier failed publish do not wait for a batch
+        # that queues something: the service's periodic sweep sends them.
+        if outbox.queued_total() != queued_before:
+            await self._publish_with_retry()
 
     async def _publish_with_retry(self) -> None:
         # The rows are committed: a failure here only delays them, and the
