@@ -2,7 +2,8 @@
 
 ``up``/``down``/``status`` start, stop and show the local stack and the
 services; ``inbox``, ``agent``, ``import`` and ``conversations`` act on the
-stack that ``up`` started, found through its state dir without flags;
+stack that ``up`` started, found through its state dir without flags (the
+commands of :mod:`messagehub.cli_api` go through its HTTP API instead);
 ``demo`` runs the whole product on sample mail; and ``bench`` runs the
 end-to-end benchmark in ``bench/`` on a stack of its own.
 """
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from messagehub import cli_assign, db, inboxes, logs, secrets, stackctl
+from messagehub import cli_api, cli_assign, db, inboxes, logs, secrets, stackctl
 from messagehub.importer import ForwardingClient, MailSourceError, import_paths
 
 log = logging.getLogger("messagehub.cli")
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         bench.set_defaults(func=bench_command.run)
 
     cli_assign.add_commands(inbox=inbox, agent=agent, conversation=conversation_commands)
+    cli_api.add_commands(commands=commands, inbox=inbox, agent=agent,
+                         conversation=conversation_commands)
     return parser
 
 
@@ -433,5 +436,10 @@ def main(argv: list[str] | None = None) -> None:
     except (inboxes.InboxError, stackctl.StackNotRunning, MailSourceError, ImapSettingsError,
             secrets.SecretsError) as exc:
         sys.stderr.write(f"messagehub: {exc}\n")
+        code = 2
+    except cli_api.ApiClientError as exc:
+        sys.stderr.write(f"messagehub: {exc}\n")
+        for field in exc.fields:
+            sys.stderr.write(f"  {field['field']}: {field['message']}\n")
         code = 2
     raise SystemExit(code)

@@ -108,7 +108,11 @@ class Settings:
     api_host: str = _setting("127.0.0.1", "Address the HTTP API binds.")
     api_port: int = _setting(8080, "Port of the HTTP API.")
     api_token: str = _setting(
-        "", "Bearer token the HTTP API requires; when empty, only /healthz answers.")
+        "", "Bootstrap admin token of the HTTP API, with which an operator creates scoped "
+        "tokens; when empty, only tokens stored in the database are accepted.")
+    connection_test_timeout_seconds: float = _setting(
+        20.0, "Longest time an IMAP or SMTP connection test of the API takes; each network "
+        "step gets half of it, at most 10 s.")
 
     secret_key: str = _setting(
         "", "Server secret (at least 32 characters) for reply tokens; keep it in a Secret.")
@@ -127,7 +131,8 @@ class Settings:
                      "imap_poll_interval_seconds", "imap_read_timeout_seconds",
                      "smtp_max_attempts", "outbound_max_sends_per_minute",
                      "auto_mail_max_per_conversation", "auto_mail_max_per_recipient_hour",
-                     "csat_survey_valid_days", "smtp_greeting_timeout_seconds"):
+                     "csat_survey_valid_days", "smtp_greeting_timeout_seconds",
+                     "connection_test_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be > 0")
         if self.secret_key and len(self.secret_key) < 32:

@@ -19,7 +19,8 @@ error instead of a hang:
 4. MAIL, RCPT, DATA.
 
 Errors are :class:`SmtpError` with ``error_class`` (rejected, auth, tls,
-connect, timeout) and the SMTP ``code`` when the server answered.
+connect, timeout), the SMTP ``code`` when the server answered, and the
+finer ``reason`` that a connection test shows (see :data:`REASONS`).
 Temporary ones (4xx replies, refused or dropped connections, timeouts) are
 retried with exponential backoff; permanent ones (5xx replies, TLS and
 authentication failures, settings that cannot work) are raised at once.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable
@@ -56,6 +58,14 @@ _AUTO_MECHANISMS = ("cram-md5", "plain", "login")
 # 534 5.7.9, Microsoft 365 535 5.7.139 when basic authentication is off).
 _APP_PASSWORD_HINTS = ("application-specific password", "app password", "5.7.9",
                        "basic authentication is disabled", "5.7.139")
+# The finer cause of a failure, shared with messagehub.imap_client: the host
+# name does not resolve, nothing listens on the port, no answer in time, the
+# TLS mode does not match the port, the certificate is not trusted, login
+# and password were rejected, the account needs an app password, the server
+# offers no usable login mechanism, another network or protocol failure, or
+# settings that cannot work.
+REASONS = ("dns", "refused", "timeout", "tls_mismatch", "certificate", "authentication",
+           "app_password", "mechanism", "unreachable", "protocol", "config")
 
 
 class SmtpError(Exception):
@@ -63,10 +73,16 @@ class SmtpError(Exception):
 
     retriable = False
 
-    def __init__(self, message: str, *, error_class: str, code: int | None = None) -> None:
+    def __init__(self, message: str, *, error_class: str, code: int | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.code = code
+        self.reason = reason or _DEFAULT_REASONS.get(error_class, "protocol")
+
+
+_DEFAULT_REASONS = {"auth": "authentication", "tls": "tls_mismatch", "connect": "unreachable",
+                    "timeout": "timeout", "config": "config", "rejected": "protocol"}
 
 
 class SmtpPermanentError(SmtpError):
@@ -128,17 +144,18 @@ def check_settings(*, host: str, port: int, username: str, encryption: str,
 
     if encryption == "tls" and port in STARTTLS_PORTS:
         raise _settings_error(f"port {port} expects STARTTLS, not implicit TLS: set encryption "
-                              "to starttls or auto", error_class="tls")
+                              "to starttls or auto", error_class="tls", reason="tls_mismatch")
     if encryption in ("starttls", "none") and port in IMPLICIT_TLS_PORTS:
         raise _settings_error(f"port {port} expects implicit TLS: set encryption to tls or auto",
-                              error_class="tls")
+                              error_class="tls", reason="tls_mismatch")
     if encryption == "none" and username and not is_loopback(host):
         raise _settings_error(f"{host}:{port}: AUTH is never sent over plaintext: set "
-                              "encryption to starttls or tls", error_class="tls")
+                              "encryption to starttls or tls", error_class="tls", reason="config")
 
 
-def _settings_error(message: str, *, error_class: str = "config") -> SmtpPermanentError:
-    return SmtpPermanentError(message, error_class=error_class)
+def _settings_error(message: str, *, error_class: str = "config",
+                    reason: str = "config") -> SmtpPermanentError:
+    return SmtpPermanentError(message, error_class=error_class, reason=reason)
 
 
 def is_loopback(host: str) -> bool:
@@ -206,7 +223,8 @@ class SmtpDelivery:
 
         raise SmtpPermanentError(
             f"gave up after {self._max_attempts} attempts: {last_error}",
-            error_class=last_error.error_class, code=last_error.code) from None
+            error_class=last_error.error_class, code=last_error.code,
+            reason=last_error.reason) from None
 
     async def verify(self, server: SmtpServer) -> str:
         """Connect, negotiate TLS and log in as a send would, then quit; return a summary.
@@ -305,7 +323,7 @@ class SmtpDelivery:
             raise SmtpPermanentError(
                 f"{server.address} offers no AUTH to this connection: clear the username for a "
                 "relay that needs no login, or use the submission port (587 or 465)",
-                error_class="auth")
+                error_class="auth", reason="mechanism")
 
         mechanism = _choose_mechanism(server, offered)
         authenticate = {"cram-md5": client.auth_crammd5, "plain": client.auth_plain,
@@ -347,14 +365,15 @@ def _choose_mechanism(server: SmtpServer, offered: list[str]) -> str:
             raise SmtpPermanentError(
                 f"{server.address} does not offer AUTH {server.auth_method.upper()}; it offers "
                 f"{', '.join(m.upper() for m in offered)}: set the authentication method to "
-                "auto or to one of those", error_class="auth")
+                "auto or to one of those", error_class="auth", reason="mechanism")
         return server.auth_method
     for mechanism in _AUTO_MECHANISMS:
         if mechanism in offered:
             return mechanism
     raise SmtpPermanentError(
         f"{server.address} offers only AUTH {', '.join(m.upper() for m in offered)}, which "
-        "messagehub does not support: enable PLAIN, LOGIN or CRAM-MD5", error_class="auth")
+        "messagehub does not support: enable PLAIN, LOGIN or CRAM-MD5", error_class="auth",
+        reason="mechanism")
 
 
 def _auth_error(server: SmtpServer, exc: aiosmtplib.SMTPAuthenticationError) -> SmtpError:
@@ -366,7 +385,8 @@ def _auth_error(server: SmtpServer, exc: aiosmtplib.SMTPAuthenticationError) -> 
         return SmtpPermanentError(
             f"{server.address}: authentication failed for {server.username!r}: {reply}. This "
             "account needs an app password: create one in the provider's security settings "
-            "and enter it instead of the account password", error_class="auth", code=exc.code)
+            "and enter it instead of the account password", error_class="auth", code=exc.code,
+            reason="app_password")
     return SmtpPermanentError(
         f"{server.address}: authentication failed for {server.username!r}: {reply}. Check the "
         "username and password", error_class="auth", code=exc.code)
@@ -382,13 +402,13 @@ def classify(exc: BaseException, server: SmtpServer, step: str, *,
         return SmtpPermanentError(
             f"{where}: the server's certificate failed verification ({cause.verify_message}): "
             "the host name must match the certificate and its CA must be trusted",
-            error_class="tls")
+            error_class="tls", reason="certificate")
     if isinstance(cause, ssl.SSLError):
         hint = (f"port {server.port} does not speak implicit TLS; it likely expects STARTTLS: "
                 "set encryption to starttls" if server.tls_mode == "tls"
                 else "check the server's TLS versions and ciphers")
         return SmtpPermanentError(f"{where}: TLS handshake failed ({cause.reason}): {hint}",
-                                  error_class="tls")
+                                  error_class="tls", reason="tls_mismatch")
     if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError) and "ready message" in str(exc):
         return SmtpPermanentError(
             f"{where}: the server accepted the connection but sent no SMTP greeting within "
@@ -406,7 +426,17 @@ def classify(exc: BaseException, server: SmtpServer, step: str, *,
 
     if isinstance(exc, (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)):
         return SmtpTemporaryError(f"{where}: timed out: {exc}", error_class="timeout")
-    return SmtpTemporaryError(f"{where}: {type(exc).__name__}: {exc}", error_class="connect")
+    return SmtpTemporaryError(f"{where}: {type(exc).__name__}: {exc}", error_class="connect",
+                              reason=_network_reason(cause))
+
+
+def _network_reason(cause: BaseException) -> str:
+    """Return the reason of a failed connect: dns, refused or unreachable."""
+    if isinstance(cause, socket.gaierror):
+        return "dns"
+    if isinstance(cause, ConnectionRefusedError):
+        return "refused"
+    return "unreachable"
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
