@@ -67,7 +67,23 @@ class _StageRuntime:
 
     async def sweep(self) -> None:
         if self.relay is not None:
-            await self.relay.publish_pending()
+            await sweep_outbox(self.relay, self._stage.name)
+
+
+async def sweep_outbox(relay: outbox.OutboxRelay, stage_name: str) -> None:
+    """Publish outbox rows that no batch published; log a failure instead of raising.
+
+    An exception escaping a faust timer crashes the whole worker, so a
+    database or broker outage would kill the process. The rows stay in the
+    table and the next sweep sends them.
+    """
+    try:
+        await relay.publish_pending()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+        log.warning("%s: outbox sweep failed, retried in %.0fs: %r", stage_name,
+                    OUTBOX_SWEEP_SECONDS, exc)
 
 
 def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,

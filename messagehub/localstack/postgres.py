@@ -45,9 +45,12 @@ _MAX_SOCKET_PATH = 107
 # Speed over durability: with these settings a crash of the OS (not of
 # PostgreSQL) can corrupt the cluster. That is acceptable for a local or
 # test stack whose data can be recreated, never for a real deployment.
+# synchronous_commit stays on: turned off, a commit returns before its WAL
+# leaves PostgreSQL's shared memory, so a crash of PostgreSQL alone loses
+# transactions the services were told had committed, and with them the mail
+# whose Kafka offsets were committed on that word.
 _SPEED_SETTINGS = {
     "fsync": "off",
-    "synchronous_commit": "off",
     "full_page_writes": "off",
 }
 
