@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from messagehub import cli_api, cli_assign, db, inboxes, logs, secrets, stackctl
+from messagehub.chaos import command as chaos_command
 from messagehub.importer import ForwardingClient, MailSourceError, import_paths
 
 log = logging.getLogger("messagehub.cli")
@@ -422,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         bench_command.add_arguments(bench)
         bench.set_defaults(func=bench_command.run)
 
+    chaos_command.add_command(commands)
     cli_assign.add_commands(inbox=inbox, agent=agent, conversation=conversation_commands)
     cli_api.add_commands(commands=commands, inbox=inbox, agent=agent,
                          conversation=conversation_commands)
