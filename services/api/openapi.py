@@ -46,6 +46,10 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas.COMPONENTS,
+            "responses": {f"Error{status}": {
+                "description": description,
+                "content": {"application/json": {"schema": _ref("Error")}}}
+                for status, description in _ERRORS.items()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "An API token (mh_…) or the "
                                                           "bootstrap MESSAGEHUB_API_TOKEN."}},
@@ -101,9 +105,8 @@ def _responses(route: routes.Route) -> dict[str, Any]:
         schema = "ConnectionTestResult" if route.path.endswith("/test") else "Object"
         success["content"] = {"application/json": {"schema": _ref(schema)}}
     responses = {str(route.status): success}
-    for status, description in _ERRORS.items():
-        responses[status] = {"description": description,
-                             "content": {"application/json": {"schema": _ref("Error")}}}
+    for status in _ERRORS:
+        responses[status] = {"$ref": f"#/components/responses/Error{status}"}
     return responses
 
 
