@@ -88,34 +88,40 @@ def read_list_id(root: Part, defects: list[str]) -> str | None:
     text = root.header_text("list-id", defects)
     if text is not None:
         match = re.search(r"<([^<>]+)>", text)
-        value = (match.group(1) if match else text).strip().lower()
-        if value:
-            return value
+        identity = _clean_identity(match.group(1) if match else text)
+        if identity:
+            return identity
     return _list_address(root, defects)
 
 
 _MAILTO = re.compile(r"<mailto:([^<>?\s]+@[^<>?\s]+)", re.I)
 _ADDRESS = re.compile(r"([^<>\s;,:]+@[^<>\s;,]+)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _clean_identity(value: str) -> str | None:
+    # Control characters (NUL included) cannot be stored and name no list.
+    return _CONTROL.sub("", value).strip().strip(".").lower() or None
 
 
 def _list_address(root: Part, defects: list[str]) -> str | None:
     match = _MAILTO.search(root.header_text("list-post", defects) or "")
     if match:
-        return match.group(1).lower()
+        return _clean_identity(match.group(1))
 
     for name in ("x-beenthere", "x-mailing-list"):
         match = _ADDRESS.search(root.header_text(name, defects) or "")
         if match:
-            return match.group(1).strip(".").lower()
+            return _clean_identity(match.group(1))
 
     for raw in root.header_values("delivered-to"):
         text = raw.decode("ascii", "replace").strip()
         if text.lower().startswith("mailing list "):
-            return text[len("mailing list "):].strip().lower() or None
+            return _clean_identity(text[len("mailing list "):])
 
     match = re.search(r"contact\s+([^@\s]+)-help@([^\s;]+)", root.header_text("mailing-list", defects) or "", re.I)
     if match:
-        return f"{match.group(1)}@{match.group(2)}".lower()
+        return _clean_identity(f"{match.group(1)}@{match.group(2)}")
     return None
 
 

@@ -1043,3 +1043,9 @@ def test_parse_mail__lf_line_ends() -> None:
 
     assert mail.subject == "LF only"
     assert mail.text == "Line one\nLine two\n"
+
+
+def test_kind__list_identity_without_control_characters() -> None:
+    mail = parse(BASIC + "Delivered-To: mailing list news\x00@lists.example.com")
+
+    assert mail.list_id == "news@lists.example.com"
