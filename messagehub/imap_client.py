@@ -39,7 +39,7 @@ SECURITY_MODES = ("tls", "starttls", "none")
 # Reply texts that mean the account must use an app password: Gmail's
 # "Application-specific password required", Microsoft 365 with basic
 # authentication turned off, Yahoo's "third-party app" refusals.
-_APP_PASSWORD_HINTS = ("application-specific password", "app password", "app-specific",
+_APP_PASSWORD_HINTS = ("application-specific", "app password", "app-specific",
                        "basic authentication is disabled", "third-party app")
 
 
@@ -161,12 +161,7 @@ def _starttls(client: IMAPClient, login: ImapLogin, context: ssl.SSLContext) -> 
 def _login(client: IMAPClient, login: ImapLogin) -> None:
     capabilities = _capability_names(client)
     if "LOGINDISABLED" in capabilities:
-        over_tls = login.security != "none"
-        raise ImapCheckError(
-            "mechanism", "LOGIN",
-            f"{login.address} does not accept LOGIN on this connection"
-            + (": the account may need OAuth, which messagehub does not support" if over_tls
-               else ": it accepts logins only over TLS: set security to starttls or tls"))
+        raise _login_disabled(login, capabilities)
     try:
         client.login(login.username, login.password)
     except imap_errors.LoginError as exc:
@@ -181,6 +176,20 @@ def _login(client: IMAPClient, login: ImapLogin) -> None:
             "authentication", "LOGIN",
             f"{login.address}: login {login.username!r} rejected: {text}. Check the login "
             "(often the full address) and the password") from None
+
+
+def _login_disabled(login: ImapLogin, capabilities: set[str]) -> ImapCheckError:
+    """Return the error for a server that announces LOGINDISABLED (RFC 3501, 6.2.3)."""
+    if login.security == "none" and "STARTTLS" in capabilities:
+        return ImapCheckError("mechanism", "LOGIN",
+                              f"{login.address} accepts logins only after STARTTLS: set "
+                              "security to starttls or tls")
+    offered = sorted(name for name in capabilities if name.startswith("AUTH="))
+    return ImapCheckError(
+        "mechanism", "LOGIN",
+        f"{login.address} does not accept password logins (LOGIN) on this connection; it "
+        f"offers {', '.join(offered) or 'no other mechanism'}, which messagehub does not "
+        "use: allow IMAP password logins (or app passwords) for this account")
 
 
 def _capability_names(client: IMAPClient) -> set[str]:

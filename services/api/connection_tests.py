@@ -180,11 +180,11 @@ def imap_hint(reason: str, security: str, port: int, message: str) -> str:
                     "usually on port 993.")
         return f"Port {port} expects SSL/TLS from the start: choose SSL/TLS as security."
     if reason == "mechanism":
-        if security == "none":
-            return ("The server accepts logins only over an encrypted connection: choose "
-                    "STARTTLS or SSL/TLS.")
-        return ("The server offers no login method messagehub can use with a password; the "
-                "account may need OAuth sign-in, which messagehub does not support.")
+        if "after STARTTLS" in message:
+            return "The server accepts logins only over an encrypted connection: choose STARTTLS."
+        return ("The server does not allow password logins for this account. Allow IMAP access "
+                "with a password (or an app password) in the provider's or server's settings; "
+                "accounts that allow only OAuth sign-in cannot be used.")
     return _COMMON_HINTS[reason].format(example="imap.example.com", service="IMAP")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -455,10 +457,15 @@ def test_dead_letter_list_and_retry(stack: dict[str, Any], api: Api) -> None:
     from kafka import KafkaProducer
 
     inbox = create_inbox(api)
+    missing_conversation = str(uuid.uuid4())
+    request_id = str(uuid.uuid4())
     producer = KafkaProducer(bootstrap_servers=stack["kafka_bootstrap"], acks="all")
-    # A record outbound cannot decode: it is dead-lettered with its bytes.
-    producer.send(topics.OUTBOUND_REQUESTS, key=inbox["id"].encode(),
-                  value=codec.MAGIC + b"\x00" * 8 + b"garbage").get(timeout=30)
+    # A request for a conversation that does not exist: outbound gives up on it.
+    producer.send(topics.OUTBOUND_REQUESTS, key=inbox["id"].encode(), value=codec.encode(
+        "OutboundRequest", {"event_id": request_id, "occurred_at": datetime.now(timezone.utc),
+                            "inbox_id": inbox["id"], "conversation_id": missing_conversation,
+                            "schema_version": 1, "request_id": request_id, "kind": "agent",
+                            "agent_id": None, "text": "hello", "html": None})).get(timeout=30)
     producer.close()
 
     def letter() -> dict[str, Any] | None:
@@ -467,7 +474,8 @@ def test_dead_letter_list_and_retry(stack: dict[str, Any], api: Api) -> None:
     found = wait_for(letter, what="the dead letter")
     assert (found["stage"], found["source_topic"], found["retried_at"]) == \
         ("outbound", topics.OUTBOUND_REQUESTS, None)
-    assert found["error_class"] == "UndecodableRecord"
+    assert found["error_class"] == "ConversationMissing"
+    assert found["original_record"] == "OutboundRequest"
 
     api.ok("POST", f"/v1/dead-letters/{found['id']}/retry", expected=202)
     assert api.call("POST", f"/v1/dead-letters/{found['id']}/retry")[0] == 409

@@ -90,10 +90,12 @@ def test_tokens__random_and_stored_hashed() -> None:
     ("refused", "tls", 994, "Nothing answers on port 994"),
     ("app_password", "tls", 993, "app password"),
     ("mechanism", "none", 143, "only over an encrypted connection"),
+    ("mechanism", "tls", 993, "does not allow password logins"),
     ("dns", "tls", 993, "imap.example.com"),
 ])
 def test_imap_hint__names_the_fix(reason: str, security: str, port: int, expected: str) -> None:
-    assert expected in connection_tests.imap_hint(reason, security, port, "")
+    message = "accepts logins only after STARTTLS" if security == "none" else ""
+    assert expected in connection_tests.imap_hint(reason, security, port, message)
 
 
 @pytest.mark.parametrize(("reason", "encryption", "port", "message", "expected"), [
