@@ -307,7 +307,7 @@ def test_bounce_and_out_of_office__attached_without_mail(stack: dict[str, Any],
     c01 = only_conversation(stack, inbox)
     [greeting] = [m for m in c01["messages"] if m["kind"] == "greeting"]
 
-    # The placeholders name our reply and our greeting in C01; use the real id.
+    # The files use placeholders for our reply and our greeting; use the real greeting's id.
     ours = f"<{greeting['message_id']}>".encode()
     bounce = case(cases_dir, "34-bounce-null-sender.eml").replace(
         b"<conv-c01.reply-1@example.com>", ours).replace(first_id, own_id)
