@@ -151,6 +151,10 @@ class FolderSync:
             self._record_error(error, delay)
             self._stopping.wait(delay)
         self._set_state("stopped")
+        try:
+            self._backend.report(self.folder, "stopped")
+        except Exception as exc:  # noqa: BLE001 - health is best effort
+            log.warning("%s: recording the stop on the inbox failed: %r", self._label, exc)
         log.info("%s: sync stopped", self._label)
 
     def _run_session(self) -> ImapSyncError | None:

@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
 from messagehub import db
 from services.ingest.imap.backend import LoopBackend
 from services.ingest.imap.connection import ConnectOptions, ImapAccount
@@ -124,7 +127,7 @@ def import_history(*, database_url: str, kafka_bootstrap: str, inbox_id: str,
     options = options or SyncOptions(connect=ConnectOptions(ca_file=ca_file))
     results = []
     with running_loop() as loop:
-        pool = asyncio.run_coroutine_threadsafe(db.open_pool(database_url), loop).result(60)
+        pool = asyncio.run_coroutine_threadsafe(_open_pool(database_url), loop).result(60)
         publisher = MailPublisher(kafka_bootstrap)
         try:
             intake = MailIntake(store=PostgresRawMailStore(pool), publisher=publisher)
@@ -138,6 +141,15 @@ def import_history(*, database_url: str, kafka_bootstrap: str, inbox_id: str,
             publisher.close()
             asyncio.run_coroutine_threadsafe(pool.close(), loop).result(30)
     return results
+
+
+async def _open_pool(database_url: str) -> AsyncConnectionPool:
+    # Unlike db.open_pool this applies no schema: the services did at their
+    # start, and a schema change would wait for every open transaction.
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False,
+                               kwargs={"row_factory": dict_row, "autocommit": False})
+    await pool.open(wait=True, timeout=30)
+    return pool
 
 
 def _import_folder(account: ImapAccount, folder: str, backend: LoopBackend,
