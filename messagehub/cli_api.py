@@ -63,7 +63,7 @@ class ApiClient:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              query: dict[str, Any] | None = None) -> Any:
-        """Send one request; return the decoded JSON answer (None for 204)."""
+        """Send one request; return the decoded JSON response (None for 204)."""
         url = self.base_url + path
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
@@ -86,7 +86,7 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiClientError:
     try:
         error = json.loads(exc.read().decode("utf-8"))["error"]
     except (ValueError, KeyError, TypeError):
-        return ApiClientError(f"the API answered {exc.code} {exc.reason}", status=exc.code)
+        return ApiClientError(f"the API responded {exc.code} {exc.reason}", status=exc.code)
     return ApiClientError(error.get("message", str(exc.code)), status=exc.code,
                           fields=error.get("fields"))
 
@@ -384,7 +384,7 @@ def add_commands(*, commands: SubParsers, inbox: SubParsers, agent: SubParsers,
     listing.add_argument("--status", choices=("open", "resolved"))
     listing.add_argument("--assignee", help="agent email or id, or none for unassigned")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (1-500)")
-    listing.add_argument("--json", action="store_true", help="print the API's answer")
+    listing.add_argument("--json", action="store_true", help="print the API's JSON response")
     listing.set_defaults(func=cmd_conversation_list)
     reply = conversation.add_parser("reply", help="reply to the customer as an agent")
     reply.add_argument("id", help="conversation id")
@@ -449,7 +449,7 @@ def _add_inbox_commands(inbox: SubParsers) -> None:
              "provider confirmation mails for the forwarding address, with codes and links")):
         command = inbox.add_parser(name, help=help_text)
         command.add_argument("inbox", help="inbox name or id")
-        command.add_argument("--json", action="store_true", help="print the API's answer")
+        command.add_argument("--json", action="store_true", help="print the API's JSON response")
         command.set_defaults(func=function)
 
 
@@ -472,14 +472,14 @@ def _add_test_commands(commands: SubParsers) -> None:
     imap.add_argument("--login", help="IMAP login, often the full address")
     imap.add_argument("--security", choices=("tls", "starttls", "none"))
     _password_options(imap, "imap")
-    imap.add_argument("--json", action="store_true", help="print the API's answer")
+    imap.add_argument("--json", action="store_true", help="print the API's JSON response")
     imap.set_defaults(func=cmd_test_imap)
 
     smtp = commands.add_parser("test-smtp", help="test an inbox's SMTP settings, stored or "
                                                  "changed by the options; exit 1 on failure")
     smtp.add_argument("inbox", help="inbox name or id")
     _smtp_options(smtp)
-    smtp.add_argument("--json", action="store_true", help="print the API's answer")
+    smtp.add_argument("--json", action="store_true", help="print the API's JSON response")
     smtp.set_defaults(func=cmd_test_smtp)
 
 
@@ -489,7 +489,7 @@ def _add_admin_commands(commands: SubParsers) -> None:
     listing = letters.add_parser("list", help="list dead letters, newest first")
     listing.add_argument("--stage", choices=("router", "assign", "outbound"))
     listing.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
-    listing.add_argument("--json", action="store_true", help="print the API's answer")
+    listing.add_argument("--json", action="store_true", help="print the API's JSON response")
     listing.set_defaults(func=cmd_dead_letters_list)
     retry = letters.add_parser("retry", help="send a dead letter's record back to its topic")
     retry.add_argument("id", help="the dead letter's id, from the list")
@@ -501,7 +501,7 @@ def _add_admin_commands(commands: SubParsers) -> None:
     create.add_argument("--name", required=True, help="what the token is for")
     create.add_argument("--scope", required=True, choices=("admin", "agent", "service"))
     create.add_argument("--agent", help="for scope agent: the agent's email")
-    create.add_argument("--json", action="store_true", help="print the API's answer")
+    create.add_argument("--json", action="store_true", help="print the API's JSON response")
     create.set_defaults(func=cmd_token_create)
     tokens.add_parser("list", help="list tokens, never their values").set_defaults(
         func=cmd_token_list)

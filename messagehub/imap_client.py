@@ -10,7 +10,7 @@ runs each step on its own so that a failure names the step and its cause:
    that accepts the connection and stays silent is waiting for a TLS
    handshake (``tls_mismatch``), an untrusted certificate is
    ``certificate``;
-4. STARTTLS when the mode asks for it (``tls_mismatch`` when not offered);
+4. STARTTLS when the security mode is starttls (``tls_mismatch`` when not offered);
 5. LOGIN, unless the server announces LOGINDISABLED (``mechanism``);
    a rejected login is ``authentication``, or ``app_password`` when the
    server's reply says the account needs one.
@@ -45,7 +45,7 @@ _APP_PASSWORD_HINTS = ("application-specific", "app password", "app-specific",
 
 @dataclass(frozen=True)
 class ImapLogin:
-    """What the check needs of an inbox's IMAP settings, with the password decrypted."""
+    """The IMAP settings of an inbox that the check uses, with the password decrypted."""
 
     host: str
     port: int

@@ -59,7 +59,7 @@ _AUTO_MECHANISMS = ("cram-md5", "plain", "login")
 _APP_PASSWORD_HINTS = ("application-specific password", "app password", "5.7.9",
                        "basic authentication is disabled", "5.7.139")
 # The finer cause of a failure, shared with messagehub.imap_client: the host
-# name does not resolve, nothing listens on the port, no answer in time, the
+# name does not resolve, nothing listens on the port, no response in time, the
 # TLS mode does not match the port, the certificate is not trusted, login
 # and password were rejected, the account needs an app password, the server
 # offers no usable login mechanism, another network or protocol failure, or

@@ -1,4 +1,4 @@
--- What services/api keeps: its scoped API tokens and the dead-letter
+-- The tables of services/api: its scoped API tokens and the dead-letter
 -- records an operator sent back to their source topic. Every statement is
 -- safe to run again.
 

@@ -3,8 +3,8 @@
 Route handlers call these with the ``{inbox}``, ``{conversation}`` or
 ``{agent}`` of the URL, which may be an id, an inbox name or an agent's
 email. An agent token reaches only the inboxes its agent works in, and
-their conversations; anything else is answered as not found, so a token
-does not reveal what exists beyond its reach.
+their conversations. Anything else gets a 404, so that a token does not
+reveal what exists beyond its reach.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ async def acting_agent(conn: AsyncConnection[Any], request: web.Request,
                        reference: str | None, *, field: str = "agent") -> str | None:
     """Return the id of the agent a conversation action is taken as.
 
-    An agent token always acts as its own agent and may not name another;
-    admin and service tokens may name one (or none, for an operator).
+    An agent token always acts as its own agent and may not name another.
+    Admin and service tokens may name one, or none for an operator.
     """
     caller = principal(request)
     if caller.agent_id is not None:

@@ -2,9 +2,9 @@
 
 Handlers of ``/v1/tokens``, ``/v1/dead-letters`` and
 ``/v1/encryption/rotate``. Dead letters are read from the stages'
-dead-letter topics on each request (see :mod:`services.api.dead_letters`);
-a retry writes the original record back to its source topic through the
-outbox, in the same transaction that records the retry, so one dead letter
+dead-letter topics on each request (see :mod:`services.api.dead_letters`).
+A retry writes the original record back to its source topic through the
+outbox, in the transaction that records the retry, so that a dead letter
 is retried once.
 """
 
@@ -47,7 +47,7 @@ async def create_token(request: web.Request) -> web.Response:
         cursor = await conn.execute(
             "INSERT INTO api_tokens (id, name, scope, token_sha256, agent_id) "
             "VALUES (%s, %s, %s, %s, %s) RETURNING id, name, scope, agent_id, created_at, "
-            "last_used_at, revoked_at, NULL::text AS agent",
+            "last_used_at, revoked_at, (SELECT email FROM agents WHERE id = agent_id) AS agent",
             (ids.new_id(), body["name"].strip(), body["scope"], auth.token_digest(token),
              agent_id))
         row = await cursor.fetchone()

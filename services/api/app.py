@@ -1,4 +1,4 @@
-"""The aiohttp application of the API: routes, token checks and error answers.
+"""The aiohttp application of the API: routes, token checks and error responses.
 
 :func:`create_app` is called by ``python -m services.api`` and by tests. Two
 middlewares wrap every request:

@@ -33,7 +33,7 @@ BOOTSTRAP_NAME = "bootstrap (MESSAGEHUB_API_TOKEN)"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a request: the token's scope, and its agent for agent tokens."""
+    """The caller of a request: the token's scope, and its agent for agent tokens."""
 
     scope: str
     name: str

@@ -7,7 +7,7 @@ run: :func:`messagehub.imap_client.check_login` and
 :meth:`messagehub.smtp_client.SmtpDelivery.verify`. The whole test is
 bounded by ``MESSAGEHUB_CONNECTION_TEST_TIMEOUT_SECONDS``. The answer is
 200 whether the test passed or not, with ``ok``, the classified ``reason``
-and a ``hint``; settings that fail validation are a 422 as for saving.
+and a ``hint``. Settings that fail validation get a 422, as for saving.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _merge_smtp_for_test(stored: dict[str, Any] | None, body: dict[str, Any]) ->
     try:
         return mail_settings.merge_smtp(stored, body)
     except ApiError as exc:
-        # Port and encryption that cannot work together are the test's answer, not a 422.
+        # Port and encryption that cannot work together are the test's result, not a 422.
         if [f.field for f in exc.fields] == ["encryption"]:
             raw = {**(stored or {}), **body}
             return {**raw, "password_encrypted": (stored or {}).get("password_encrypted"),

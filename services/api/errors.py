@@ -28,7 +28,7 @@ class FieldError:
 
 
 class ApiError(Exception):
-    """A request that cannot be carried out; ``status`` is the HTTP status of the answer."""
+    """A request that cannot be carried out; ``status`` is the HTTP status of the response."""
 
     def __init__(self, status: int, code: str, message: str,
                  fields: list[FieldError] | None = None) -> None:

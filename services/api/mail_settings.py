@@ -1,7 +1,7 @@
 """The Configuration tab of an inbox: forwarding, IMAP and SMTP, and the inbox's health.
 
 Handlers of ``/v1/inboxes/{inbox}/imap``, ``/smtp`` and ``/health``.
-IMAP settings go to ``inbox_imap``, whose trigger tells ingest to reconnect
+IMAP settings go to ``inbox_imap``, whose trigger makes ingest reconnect
 with them at once; SMTP settings go to ``inbox_smtp``, which outbound reads
 for every send. Passwords are encrypted with :mod:`messagehub.secrets`
 before they reach the database and are never returned: responses say only

@@ -1,4 +1,4 @@
-"""What every handler of the API needs: the settings, the database pool, the caller.
+"""The context of every API handler: the settings, the database pool, the caller.
 
 :mod:`services.api.app` stores an :class:`ApiState` in the application and
 the caller's :class:`~services.api.auth.Principal` in each request; the

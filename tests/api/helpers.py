@@ -1,4 +1,4 @@
-"""Helpers of the API tests: an HTTP caller that records every answer, and waits.
+"""Helpers of the API tests: an HTTP caller that records every response, and waits.
 
 :class:`Api` calls the running API of the test stack. It fails a test on
 any 500, because the API answers every refused request with a 4xx, and it
@@ -36,7 +36,7 @@ class Api:
     def call(self, method: str, path: str, body: Any = None, *, token: Any = None,
              raw: bytes | None = None, headers: dict[str, str] | None = None
              ) -> tuple[int, Any]:
-        """Return the status and decoded JSON answer of one request."""
+        """Return the status and decoded JSON response of one request."""
         chosen = self.token if token is None else token
         request_headers = {"Content-Type": "application/json", **(headers or {})}
         if chosen is not _NO_TOKEN:
@@ -56,7 +56,7 @@ class Api:
 
     def ok(self, method: str, path: str, body: Any = None, *, expected: int = 200,
            **kwargs: Any) -> Any:
-        """Return the answer of a request that must succeed with ``expected``."""
+        """Return the response of a request that must succeed with ``expected``."""
         status, answer = self.call(method, path, body, **kwargs)
         assert status == expected, f"{method} {path}: {status} {answer}"
         return answer

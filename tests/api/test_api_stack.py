@@ -272,7 +272,8 @@ def test_smtp_refused_until_imap_is_set_up(api: Api) -> None:
     assert "password" not in imap
 
     saved = api.ok("PATCH", f"{base}/smtp", smtp)
-    assert saved["enabled"] is True and saved["password_set"] is True
+    assert saved["enabled"] is True
+    assert saved["password_set"] is True
     assert "smtp-secret-value" not in str(api.ok("GET", base))
 
     status, _ = api.call("PATCH", f"{base}/imap", {"enabled": False})

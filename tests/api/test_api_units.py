@@ -76,8 +76,11 @@ def test_openapi__every_route_states_scopes() -> None:
 
 def test_tokens__random_and_stored_hashed() -> None:
     first, second = new_token(), new_token()
-    assert first != second and first.startswith("mh_") and len(first) == 46
-    assert token_digest(first) != first and len(token_digest(first)) == 64
+    assert first != second
+    assert first.startswith("mh_")
+    assert len(first) == 46
+    assert token_digest(first) != first
+    assert len(token_digest(first)) == 64
     assert bearer_token("Bearer abc") == "abc"
     assert bearer_token("bearer  abc ") == "abc"
     assert bearer_token("Basic abc") is None

@@ -1,4 +1,4 @@
-"""IMAP and SMTP passwords never appear in plain text: not in logs, topics, the database or answers.
+"""IMAP and SMTP passwords never appear in plain text: not in logs, topics, the database or API responses.
 
 One inbox gets distinctive passwords through the API, then real traffic
 uses them: the IMAP sync logs in and imports a mail, an agent reply goes
