@@ -35,11 +35,12 @@ class _StageRuntime:
     """The database pool and the outbox relay, created once on the worker's loop."""
 
     def __init__(self, app: faust.App, settings: Settings, stage: Stage,
-                 dead_letter_topic: str, process_health: health.Health) -> None:
+                 dead_letter_topic: str, process_health: health.Health, lanes: int) -> None:
         self._app = app
         self._settings = settings
         self._stage = stage
         self._dead_letter_topic = dead_letter_topic
+        self._lanes = lanes
         self._sensor = metrics.StageMetrics(stage.name)
         app.sensors.add(StageMonitor(self._sensor, process_health))
         self._started = process_health.condition(
@@ -50,7 +51,9 @@ class _StageRuntime:
 
     async def start(self) -> BatchProcessor:
         if self.processor is None:
-            self.pool = await db.open_pool(self._settings.database_url)
+            # One connection per lane, and one for the outbox relay.
+            self.pool = await db.open_pool(self._settings.database_url,
+                                           max_size=max(4, self._lanes + 1))
             bind = getattr(self._stage, "bind", None)
             if bind is not None:
                 # Stages with side effects outside the batch transaction keep
@@ -60,7 +63,8 @@ class _StageRuntime:
                                             on_published=self._sensor.on_published)
             self.processor = BatchProcessor(
                 stage=self._stage, pool=self.pool, relay=self.relay,
-                dead_letter_topic=self._dead_letter_topic, sensor=self._sensor)
+                dead_letter_topic=self._dead_letter_topic, sensor=self._sensor,
+                lanes=self._lanes)
             self._started.set()
             log.info("%s: started, consuming with batches into the database", self._stage.name)
         return self.processor
@@ -87,8 +91,15 @@ async def sweep_outbox(relay: outbox.OutboxRelay, stage_name: str) -> None:
 
 
 def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,
-                      source_topics: Sequence[str], dead_letter_topic: str) -> None:
-    """Run ``stage`` as a faust worker until SIGTERM or SIGINT."""
+                      source_topics: Sequence[str], dead_letter_topic: str,
+                      lanes: int = 1) -> None:
+    """Run ``stage`` as a faust worker until SIGTERM or SIGINT.
+
+    ``lanes`` above 1 applies the records of different inboxes concurrently
+    (see :class:`~messagehub.worker.BatchProcessor`). It suits a stage whose
+    records of different inboxes write different rows; the rare deadlock
+    over a shared row is rolled back by PostgreSQL and retried.
+    """
     logs.setup(settings.log_level)
     process_health = metrics.serve(settings.metrics_host, settings.metrics_port)
     loop_beat = process_health.heartbeat("event loop",
@@ -96,7 +107,7 @@ def run_stage_service(app_id: str, settings: Settings, stage: Stage, *,
 
     Path(settings.faust_data_dir).mkdir(parents=True, exist_ok=True)
     app = create_app(app_id, settings)
-    runtime = _StageRuntime(app, settings, stage, dead_letter_topic, process_health)
+    runtime = _StageRuntime(app, settings, stage, dead_letter_topic, process_health, lanes)
     source = raw_topic(app, source_topics[0]) if len(source_topics) == 1 else app.topic(
         *source_topics, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw")

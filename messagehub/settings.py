@@ -120,6 +120,11 @@ class Settings:
         "", "Fernet keys, comma separated, newest first, that encrypt stored IMAP and SMTP "
         "passwords; keep them in a Secret.")
 
+    stage_lanes: int = _setting(
+        3, "Transactions the router and assign workers run at once, each for different "
+        "inboxes; one inbox's records always go through one lane in order. 1 applies every "
+        "record of a batch one after the other.")
+
     log_level: str = _setting("INFO", "Level of the root logger: DEBUG, INFO, WARNING or ERROR.")
     faust_data_dir: str = _setting(
         "/var/tmp/messagehub/faust", "Folder where the faust workers keep their local state.")
@@ -132,7 +137,7 @@ class Settings:
                      "smtp_max_attempts", "outbound_max_sends_per_minute",
                      "auto_mail_max_per_conversation", "auto_mail_max_per_recipient_hour",
                      "csat_survey_valid_days", "smtp_greeting_timeout_seconds",
-                     "connection_test_timeout_seconds"):
+                     "connection_test_timeout_seconds", "stage_lanes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be > 0")
         if self.secret_key and len(self.secret_key) < 32:

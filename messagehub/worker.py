@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -116,30 +117,54 @@ class BatchProcessor:
     """Applies batches of events to a stage, transactionally and idempotently."""
 
     def __init__(self, *, stage: Stage, pool: AsyncConnectionPool, relay: outbox.OutboxRelay,
-                 dead_letter_topic: str, sensor: StageSensor) -> None:
+                 dead_letter_topic: str, sensor: StageSensor, lanes: int = 1) -> None:
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1: {lanes!r}")
         self._stage = stage
         self._pool = pool
         self._relay = relay
         self._dead_letter_topic = dead_letter_topic
         self._sensor = sensor
+        self._lanes = lanes
 
     async def process(self, batch: Sequence[Coordinates]) -> None:
-        """Apply ``batch`` until it commits, then publish what it implied."""
+        """Apply ``batch`` until it commits, then publish what it implied.
+
+        With several lanes the batch is split by record key (the inbox id),
+        and the lanes commit concurrently, each in its own transaction. One
+        inbox's records stay in one lane, in order, and every lane has
+        committed before the batch's offsets can be acknowledged.
+        """
         queued_before = outbox.queued_total()
+        await asyncio.gather(*(self._commit(lane) for lane in self._split(batch)))
+
+        # A batch that queued nothing skips the relay. Rows that an earlier
+        # failed publish left behind go out with the service's periodic sweep.
+        if outbox.queued_total() != queued_before:
+            await self._publish_with_retry()
+
+    def _split(self, batch: Sequence[Coordinates]) -> list[list[Coordinates]]:
+        if self._lanes == 1:
+            return [list(batch)]
+        lanes: dict[int, list[Coordinates]] = {}
+        for coordinates in batch:
+            lane = zlib.crc32(coordinates.key or b"") % self._lanes
+            lanes.setdefault(lane, []).append(coordinates)
+        return list(lanes.values())
+
+    async def _commit(self, records: Sequence[Coordinates]) -> None:
+        """Apply ``records`` in one transaction, retrying while the database is away."""
         delay = 0.5
         while True:
             try:
-                await self._apply_batch(batch)
-                break
+                await self._apply_batch(records)
+                return
             except psycopg.OperationalError as exc:
+                # Also a deadlock between two lanes: PostgreSQL rolls one back, which retries.
                 log.warning("%s: database unavailable, batch of %d retried in %.1fs: %s",
-                            self._stage.name, len(batch), delay, exc)
+                            self._stage.name, len(records), delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
-        # Rows left by an earlier failed publish do not wait for a batch
-        # that queues something: the service's periodic sweep sends them.
-        if outbox.queued_total() != queued_before:
-            await self._publish_with_retry()
 
     async def _publish_with_retry(self) -> None:
         # The rows are committed: a failure here only delays them, and the

@@ -17,7 +17,7 @@ def main() -> None:
     metrics.register_assignment_queue(settings.database_url)
     run_stage_service("messagehub-assign", settings, AssignStage(),
                       source_topics=[topics.CONVERSATION_EVENTS],
-                      dead_letter_topic=topics.ASSIGN_DEAD_LETTER)
+                      dead_letter_topic=topics.ASSIGN_DEAD_LETTER, lanes=settings.stage_lanes)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def main() -> None:
                         message_id_domain=settings.message_id_domain)
     run_stage_service("messagehub-router", settings, stage,
                       source_topics=[topics.MAIL_RECEIVED, topics.MAIL_SENT],
-                      dead_letter_topic=topics.ROUTER_DEAD_LETTER)
+                      dead_letter_topic=topics.ROUTER_DEAD_LETTER, lanes=settings.stage_lanes)
 
 
 if __name__ == "__main__":
