@@ -190,7 +190,8 @@ def _read_delivery_status(parts: list[Part], defects: list[str]) -> tuple[list[s
 def _field_groups(data: bytes) -> list[dict[str, str]]:
     """Split a message/delivery-status body into its blank-line separated groups."""
     text, _codec = guess_8bit(data)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # NUL never belongs in a report field, and PostgreSQL rejects it in the stored bounce.
+    text = text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
     groups: list[dict[str, str]] = []
 
     for block in re.split(r"\n[ \t]*\n", text):
