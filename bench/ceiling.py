@@ -5,7 +5,8 @@ before it threads and stores it, so no pipeline on this machine can go
 faster than the parser. :func:`measure_ceiling` runs it over the same mails
 the benchmark sends, for ``rounds`` rounds, in one process on one core,
 because one router process also handles its partitions one mail at a time.
-It returns the median rate and the mean time per mail of each shape.
+It returns the best round's rate, because other work on a shared machine
+only ever slows a round down, and the mean time per mail of each shape.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from services.router.mime import parse_mail
 
 @dataclass(frozen=True)
 class Ceiling:
-    mails_per_s: float  # median over the rounds
+    mails_per_s: float  # the best round: other work on the machine only slows a round down
     rounds: list[float]
     mails: int
     mean_size_kb: float
@@ -46,7 +47,7 @@ def measure_ceiling(mails: Sequence[GeneratedMail], *, rounds: int = 3) -> Ceili
         rates.append(len(mails) / (time.perf_counter() - started))
 
     return Ceiling(
-        mails_per_s=round(statistics.median(rates), 1),
+        mails_per_s=round(max(rates), 1),
         rounds=[round(rate, 1) for rate in rates],
         mails=len(mails),
         mean_size_kb=round(sum(len(m.raw) for m in mails) / len(mails) / 1024, 1),

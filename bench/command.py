@@ -137,10 +137,11 @@ def _run_benchmark(args: argparse.Namespace, info: dict[str, Any]) -> int:
 
 
 def _run_memory(args: argparse.Namespace, info: dict[str, Any]) -> int:
-    from bench import memory
+    from bench import memory, report
 
     result = memory.run_memory(info, mails=args.memory_mails, rate=args.memory_rate,
-                               results_file=args.results_file)
+                               results_file=args.results_file,
+                               out_dir=args.out or report.DEFAULT_OUT_DIR)
     if args.json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from bench.load import offer
 from bench.observer import wait_for
 from bench.pipeline import BenchConfig, BenchRun
 from bench.resources import SERVICES, Sample, load_average
+from messagehub import db
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,18 @@ def run_memory(info: dict[str, Any], *, mails: int, rate: float,
                results_file: Path | None = None,
                out_dir: Path = report.DEFAULT_OUT_DIR) -> dict[str, Any]:
     """Send ``mails`` mails at ``rate``; return each process's memory figures."""
-    config = replace(BenchConfig(), drain_timeout_seconds=600.0)
+    # The backlog of a rate above the sustained one drains after the last mail.
+    config = replace(BenchConfig(), drain_timeout_seconds=3600.0)
     run = BenchRun(info, config, sample_seconds=SAMPLE_SECONDS)
     run.create_inboxes()
     load_before = load_average()
 
     run.observer.start()
     run.sampler.start()
+    scans: dict[str, dict[str, dict[str, int]]] = {}
+    half_timer = threading.Timer(mails / rate / 2, lambda: scans.update(
+        half=table_scans(info["database_url"])))
+    half_timer.start()
     try:
         result = asyncio.run(offer(iter(run.mails), forwarding_addresses=run.addresses,
                                    host=run.host, port=run.port, rate=rate, count=mails,
@@ -50,8 +57,10 @@ def run_memory(info: dict[str, Any], *, mails: int, rate: float,
         drained = wait_for(run.observer, lambda c: c.conversation >= len(result.accepted),
                            timeout_seconds=config.drain_timeout_seconds)
     finally:
+        half_timer.cancel()
         run.sampler.stop()
         run.observer.stop()
+    scans["end"] = table_scans(info["database_url"])
 
     half_at = result.started_at + (result.finished_at - result.started_at) / 2
     figures = {name: _figures(run.sampler.memory_series(name), half_at)
@@ -63,11 +72,36 @@ def run_memory(info: dict[str, Any], *, mails: int, rate: float,
         "load_average_before": load_before, "load_average_after": load_average(),
         "memory_mb": figures,
         "services_pass": {name: figures[name]["pass"] for name in SERVICES if figures[name]},
+        "seq_scans_last_half": _seq_scans_between(scans.get("half", {}), scans["end"]),
     }
     _plot(run.sampler.samples, result.started_at, out_dir / "memory.png")
     with (results_file or report.DEFAULT_RESULTS_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(summary, sort_keys=True) + "\n")
     return summary
+
+
+def table_scans(database_url: str) -> dict[str, dict[str, int]]:
+    """Return sequential and index scans so far, and live rows, of every table."""
+    with db.connect(database_url) as conn:
+        rows = conn.execute("SELECT relname, seq_scan, coalesce(idx_scan, 0) AS idx_scan, "
+                            "n_live_tup FROM pg_stat_user_tables").fetchall()
+    return {row["relname"]: {"seq_scan": row["seq_scan"], "idx_scan": row["idx_scan"],
+                             "rows": row["n_live_tup"]} for row in rows}
+
+
+def _seq_scans_between(half: dict[str, dict[str, int]],
+                       end: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Return sequential scans in the second half on tables of more than 1,000 rows.
+
+    Each table should be read through its indexes by then; a count here
+    points at a statement whose plan was made while the table was small.
+    """
+    found = {}
+    for table, figures in end.items():
+        before = half.get(table, {}).get("seq_scan", 0)
+        if figures["rows"] > 1000 and figures["seq_scan"] > before:
+            found[table] = figures["seq_scan"] - before
+    return found
 
 
 def _figures(samples: list[Sample], half_at: float) -> dict[str, Any]:
@@ -99,6 +133,9 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {name} | {figures['start_mb']} | {figures['half_mb']} | "
                      f"{figures['end_mb']} | {figures['max_mb']} | "
                      f"{figures['growth_last_half_mb']} | {verdict} |")
+    scans = summary["seq_scans_last_half"]
+    lines += ["", "Sequential scans in the second half on tables of more than 1,000 rows: "
+              + (", ".join(f"{table} {count}" for table, count in scans.items()) or "none") + "."]
     return "\n".join(lines) + "\n"
 
 

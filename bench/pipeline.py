@@ -61,7 +61,7 @@ class BenchConfig:
     seed: int = DEFAULT_SEED
     large_attachment_max_mb: float = 3.0
     ceiling_mails: int = 1000
-    ceiling_rounds: int = 3
+    ceiling_rounds: int = 5
     warmup_seconds: float = 10.0
     latency_rate: float = 100.0
     latency_seconds: float = 30.0
@@ -244,6 +244,7 @@ def _results(run: BenchRun, started_at: datetime, load_before: tuple[float, floa
         "p50_assigned_ms": latency.assigned_ms["p50"],
         "p95_assigned_ms": latency.assigned_ms["p95"],
         "p99_assigned_ms": latency.assigned_ms["p99"],
+        "p99_event_ms_under_1mb": latency.event_ms_small["p99"],
         "idle_p50_ms": summary_ms(idle.latencies_ms)["p50"],
         "idle_p99_ms": summary_ms(idle.latencies_ms)["p99"],
         "idle_samples": len(idle.latencies_ms),

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from bench.load import OfferResult
 from bench.observer import Observations
 
+SMALL_MAIL_BYTES = 1024 * 1024
+
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
     """Return the ``fraction`` percentile (0..1) by linear interpolation, None when empty."""
@@ -42,6 +44,8 @@ class StepFigures:
     completed_in_time: int  # conversation events seen by the end of the step plus the grace
     completed_per_s: float  # conversation events per second while the step ran
     event_ms: dict[str, float | None]
+    # The same for mails under 1 MB: without the multi-megabyte attachments
+    event_ms_small: dict[str, float | None]
     assigned_ms: dict[str, float | None]
     missing_events: int
     keeps_up: bool
@@ -56,6 +60,7 @@ def step_figures(result: OfferResult, observations: Observations, *, grace_secon
     accepted = result.accepted
     due_end = result.started_at + len(result.sent) / result.rate
     event_latencies: list[float] = []
+    small_latencies: list[float] = []
     assigned_latencies: list[float] = []
     event_times: list[float] = []
     in_time = 0
@@ -67,6 +72,8 @@ def step_figures(result: OfferResult, observations: Observations, *, grace_secon
         seen_at, conversation_id, kind = seen
         event_times.append(seen_at)
         event_latencies.append(1000 * (seen_at - sent.data_at))
+        if sent.size < SMALL_MAIL_BYTES:
+            small_latencies.append(event_latencies[-1])
         in_time += seen_at <= due_end + grace_seconds
         assigned_at = observations.assigned.get(conversation_id)
         if kind == "CONVERSATION_CREATED" and assigned_at is not None:
@@ -83,6 +90,7 @@ def step_figures(result: OfferResult, observations: Observations, *, grace_secon
         accepted=len(accepted), errors=len(result.sent) - len(accepted), late=result.late,
         achieved_per_s=round(result.achieved_rate, 1), completed_in_time=in_time,
         completed_per_s=round(completed_per_s, 1), event_ms=summary_ms(event_latencies),
+        event_ms_small=summary_ms(small_latencies),
         assigned_ms=summary_ms(assigned_latencies),
         missing_events=len(accepted) - len(event_latencies),
         keeps_up=len(accepted) == len(result.sent) and in_time >= needed)

@@ -95,6 +95,7 @@ def test_step_figures__keeps_up_when_events_arrive_in_time() -> None:
     assert figures.keeps_up
     assert figures.completed_in_time == 10
     assert figures.event_ms["p50"] == 50.0
+    assert figures.event_ms_small["p50"] == 50.0
     assert figures.assigned_ms["p99"] == 200.0
     assert figures.missing_events == 0
 
