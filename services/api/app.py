@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 from aiohttp import web
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from messagehub.settings import Settings
 from services.api import auth, csat, dead_letters, openapi, routes
 from services.api.errors import ApiError
-from services.api.state import PRINCIPAL_KEY, STATE, ApiState, json_response, pool
+from services.api.state import PRINCIPAL_KEY, STATE, ApiState, DictPool, json_response, pool
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _pool_context(app: web.Application) -> AsyncIterator[None]:
-    opened = AsyncConnectionPool(app[STATE].settings.database_url, min_size=1, max_size=8,
-                                 open=False, kwargs={"row_factory": dict_row})
+    opened: DictPool = AsyncConnectionPool(
+        app[STATE].settings.database_url, min_size=1, max_size=8, open=False,
+        connection_class=AsyncConnection[DictRow], kwargs={"row_factory": dict_row})
     await opened.open(wait=True, timeout=30)
     app[STATE].pool = opened
     yield

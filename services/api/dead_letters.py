@@ -86,7 +86,7 @@ def read(bootstrap: str, topic_names: list[str]) -> list[DeadLetter]:
 
 
 def _read_until(consumer: Any, ends: dict[Any, int]) -> list[DeadLetter]:
-    letters: list[DeadLetter] = []
+    letters: list[DeadLetter | None] = []
     deadline = time.monotonic() + READ_TIMEOUT_SECONDS
     while any(consumer.position(partition) < end for partition, end in ends.items()):
         if time.monotonic() > deadline:

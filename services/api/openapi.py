@@ -146,7 +146,7 @@ def _ref(name: str) -> dict[str, str]:
 
 def main() -> None:
     """Write the document as YAML to standard output."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     sys.stdout.write(yaml.safe_dump(document(), sort_keys=False, allow_unicode=True,
                                     width=100))

@@ -30,9 +30,11 @@ CONNECTION_TEST_REASONS = ("dns", "refused", "timeout", "tls_mismatch", "certifi
 
 
 def _string(max_length: int = 200, *, min_length: int = 0, nullable: bool = False,
-            **extra: Any) -> Schema:
+            error: str | None = None, **extra: Any) -> Schema:
     schema: Schema = {"type": ["string", "null"] if nullable else "string",
                       "maxLength": max_length, **extra}
+    if error:
+        schema["x-error"] = error
     if min_length:
         schema["minLength"] = min_length
     return schema
@@ -55,15 +57,15 @@ def _object(properties: dict[str, Schema], *, required: tuple[str, ...] = (),
 
 
 EMAIL = _string(254, min_length=3, pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$",
-                **{"x-error": "must be an email address such as support@example.com"})
+                error="must be an email address such as support@example.com")
 UUID = {"type": "string", "format": "uuid", "x-error": "must be a UUID"}
 HOST = _string(253, min_length=1, pattern=r"^[A-Za-z0-9.:\[\]_-]+$",
                description="Host name or IP address of the server.",
-               **{"x-error": "must be a host name such as imap.example.com, without spaces, "
-                             "scheme or port"})
+               error="must be a host name such as imap.example.com, without spaces, "
+                             "scheme or port")
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 HTTPS_URL = _string(2000, nullable=True, pattern=r"^https?://[^\s]+$",
-                    **{"x-error": "must be an http:// or https:// URL"})
+                    error="must be an http:// or https:// URL")
 TIME_OF_DAY = {"type": "string", "pattern": r"^\d{1,2}:\d{2}$",
                "x-error": "must be a time HH:MM, e.g. 09:00 (24:00 closes a day)"}
 INTERVALS = {"type": "array", "maxItems": 12,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
 from messagehub.settings import Settings
@@ -21,12 +23,15 @@ from services.api.auth import Principal
 from services.api.errors import ApiError
 
 
+DictPool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+
 @dataclass
 class ApiState:
     """The settings of the API process and its database pool (open while serving)."""
 
     settings: Settings
-    pool: AsyncConnectionPool | None = None
+    pool: DictPool | None = None
 
 
 STATE = web.AppKey("api_state", ApiState)
@@ -38,7 +43,7 @@ def state(request: web.Request) -> ApiState:
     return request.app[STATE]
 
 
-def pool(request: web.Request) -> AsyncConnectionPool:
+def pool(request: web.Request) -> DictPool:
     """Return the database pool."""
     opened = request.app[STATE].pool
     assert opened is not None, "the pool opens before the first request"

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from email.parser import BytesParser
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,6 +134,8 @@ def sink_texts_with(stack: dict[str, Any], text: str) -> list[str]:
 
 def plain_text(raw: bytes) -> str:
     """Return the decoded text/plain parts of a mail."""
-    message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    message = email.message_from_bytes(raw, _class=EmailMessage,
+                                       policy=email.policy.default)  # type: ignore[arg-type]
+    assert isinstance(message, EmailMessage)
     return "\n".join(str(part.get_content()) for part in message.walk()
-                     if part.get_content_type() == "text/plain")
+                     if isinstance(part, EmailMessage) and part.get_content_type() == "text/plain")

@@ -7,7 +7,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 from openapi_spec_validator import validate as validate_openapi
 
 from messagehub import imap_client, smtp_client
