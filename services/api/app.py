@@ -74,11 +74,11 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        error = exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return ApiError(exc.status, _http_code(exc.status), exc.reason).response()
+        error = ApiError(exc.status, _http_code(exc.status), exc.reason)
     except (psycopg.OperationalError, dead_letters.DeadLetterReadError) as exc:
         log.warning("api: %s %s: backing service unavailable: %s", request.method,
                     request.path, exc)
@@ -88,6 +88,9 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
         log.exception("api: %s %s: unexpected error", request.method, request.path)
         return ApiError(500, "internal_error", "unexpected error; the API's log has the "
                         "details").response()
+    # Messages never carry a password, but only the code is logged: it is enough to search by.
+    log.info("api: %s %s: %d %s", request.method, request.path, error.status, error.code)
+    return error.response()
 
 
 def _http_code(status: int) -> str:
