@@ -156,6 +156,23 @@ _EXTRA_ATTRIBUTES = {
 }
 
 
+# CSS values that load a resource (a tracking pixel) or run script in old
+# browsers (expression()), or hide such a word in an escape. The property
+# allow-list alone keeps "width: expression(...)" and
+# "background-color: url(...)", so declarations with these go entirely.
+_UNSAFE_STYLE_VALUE = re.compile(r"url\s*\(|expression\s*\(|image-set\s*\(|\\|javascript:",
+                                 re.IGNORECASE)
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
+
+
+def safe_style(value: str) -> str | None:
+    """Return a style attribute without its unsafe declarations; None when none is left."""
+    # A comment can split a keyword: "exp/**/ression(".
+    declarations = _CSS_COMMENT.sub("", value).split(";")
+    kept = [d.strip() for d in declarations if d.strip() and not _UNSAFE_STYLE_VALUE.search(d)]
+    return "; ".join(kept) or None
+
+
 def sanitize_html(html: str, cid_urls: Mapping[str, str] | None = None) -> str:
     """Remove scripts, event handlers and unsafe URLs; keep layout and cid: images.
 
@@ -167,7 +184,9 @@ def sanitize_html(html: str, cid_urls: Mapping[str, str] | None = None) -> str:
     for tag, names in _EXTRA_ATTRIBUTES.items():
         attributes.setdefault(tag, set()).update(names)
 
-    def rewrite_cid(tag: str, attribute: str, value: str) -> str:
+    def filter_attribute(tag: str, attribute: str, value: str) -> str | None:
+        if attribute == "style":
+            return safe_style(value)
         if tag == "img" and attribute == "src" and value[:4].lower() == "cid:" and cid_urls:
             return cid_urls.get(unquote(value[4:]), value)
         return value
@@ -177,7 +196,7 @@ def sanitize_html(html: str, cid_urls: Mapping[str, str] | None = None) -> str:
         tags=set(nh3.ALLOWED_TAGS) | {"font"},
         clean_content_tags={"script", "style", "title"},
         attributes=attributes,
-        attribute_filter=rewrite_cid if cid_urls else None,
+        attribute_filter=filter_attribute,
         url_schemes=_URL_SCHEMES,
         filter_style_properties=_STYLE_PROPERTIES,
     )
