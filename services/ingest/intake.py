@@ -11,14 +11,13 @@ caller must keep the mail (4xx, 503, cursor left where it was) and retry.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from messagehub import ids
-from services.ingest.store import RawMailStore, digest
+from services.ingest.store import RawMailStore
 from services.ingest.summary import HeaderSummary, summarize
 
 
@@ -30,6 +29,8 @@ class IntakeUnavailable(Exception):
 
 class Publisher(Protocol):
     async def publish(self, record: dict[str, Any]) -> None: ...
+
+    async def publish_many(self, records: Sequence[dict[str, Any]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,35 @@ class MailIntake:
                           imap=imap)
             for inbox_id in inbox_ids]
         try:
-            await asyncio.gather(*(self._publisher.publish(record) for record in records))
+            await self._publisher.publish_many(records)
         except Exception as exc:  # noqa: BLE001 - any publish failure means "keep the mail"
             raise IntakeUnavailable(f"publishing mail.received failed: {exc!r}") from exc
         return AcceptedMail(sha256, summary,
                             {record["inbox_id"]: record["event_id"] for record in records})
+
+
+    async def accept_imap(self, inbox_id: str, source: str,
+                          mails: Sequence[tuple[bytes, ImapOrigin]]) -> list[str]:
+        """Store and publish a batch of one folder's mails; return their digests.
+
+        One transaction stores the batch and every record is sent before the
+        first acknowledgement is awaited, so a backfill is not bound by one
+        round trip per mail.
+        """
+        raws = [raw for raw, _origin in mails]
+        try:
+            digests = await self._store.put_many(raws)
+        except Exception as exc:  # noqa: BLE001 - any store failure means "keep the mail"
+            raise IntakeUnavailable(f"storing {len(raws)} raw mails failed: {exc!r}") from exc
+
+        records = [mail_received(inbox_id, sha256, len(raw), summarize(raw), source=source,
+                                 imap=origin)
+                   for sha256, (raw, origin) in zip(digests, mails)]
+        try:
+            await self._publisher.publish_many(records)
+        except Exception as exc:  # noqa: BLE001 - any publish failure means "keep the mail"
+            raise IntakeUnavailable(f"publishing mail.received failed: {exc!r}") from exc
+        return digests
 
 
 def mail_received(inbox_id: str, sha256: str, size: int, summary: HeaderSummary, *,
@@ -115,5 +140,3 @@ def mail_received(inbox_id: str, sha256: str, size: int, summary: HeaderSummary,
     }
 
 
-__all__ = ["AcceptedMail", "ImapOrigin", "IntakeUnavailable", "MailIntake", "digest",
-           "mail_received"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from messagehub import codec, topics
@@ -41,25 +42,33 @@ class MailPublisher:
 
     async def publish(self, record: dict[str, Any]) -> None:
         """Send a MailReceived record keyed by its inbox; return once acknowledged."""
-        value = codec.encode("MailReceived", record)
+        await self.publish_many([record])
+
+    async def publish_many(self, records: Sequence[dict[str, Any]]) -> None:
+        """Send several records; return once Kafka acknowledged every one of them."""
+        values = [(record["inbox_id"].encode(), codec.encode("MailReceived", record))
+                  for record in records]
         loop = asyncio.get_running_loop()
-        acknowledged: asyncio.Future[None] = loop.create_future()
+        acknowledgements = [loop.create_future() for _ in values]
 
-        def on_success(_metadata: Any) -> None:
-            loop.call_soon_threadsafe(_resolve, acknowledged, None)
+        def send_all() -> None:
+            # send() may block while the producer's buffer is full, so off the loop.
+            for (key, value), acknowledged in zip(values, acknowledgements):
+                future = self._producer.send(self._topic, key=key, value=value)
+                future.add_callback(_resolver(loop, acknowledged, None))
+                future.add_errback(lambda exc, done=acknowledged: loop.call_soon_threadsafe(
+                    _resolve, done, exc))
 
-        def on_error(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(_resolve, acknowledged, exc)
-
-        future = await loop.run_in_executor(
-            None, lambda: self._producer.send(self._topic, key=record["inbox_id"].encode(),
-                                              value=value))
-        future.add_callback(on_success)
-        future.add_errback(on_error)
-        await asyncio.wait_for(acknowledged, ACK_TIMEOUT_SECONDS)
+        await loop.run_in_executor(None, send_all)
+        await asyncio.wait_for(asyncio.gather(*acknowledgements), ACK_TIMEOUT_SECONDS)
 
     def close(self) -> None:
         self._producer.close(timeout=10)
+
+
+def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None],
+              error: BaseException | None) -> Any:
+    return lambda _metadata: loop.call_soon_threadsafe(_resolve, future, error)
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

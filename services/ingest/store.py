@@ -9,6 +9,7 @@ default.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Protocol
 
 from psycopg_pool import AsyncConnectionPool
@@ -24,6 +25,10 @@ class RawMailStore(Protocol):
         """Store ``raw`` durably (idempotent); return its digest."""
         ...
 
+    async def put_many(self, raws: Sequence[bytes]) -> list[str]:
+        """Store several mails durably in one go (idempotent); return their digests."""
+        ...
+
 
 class PostgresRawMailStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
@@ -36,3 +41,13 @@ class PostgresRawMailStore:
                 "INSERT INTO raw_mails (sha256, size, content) VALUES (%s, %s, %s) "
                 "ON CONFLICT (sha256) DO NOTHING", (sha256, len(raw), raw))
         return sha256
+
+    async def put_many(self, raws: Sequence[bytes]) -> list[str]:
+        digests = [digest(raw) for raw in raws]
+        async with self._pool.connection() as conn, conn.transaction():
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO raw_mails (sha256, size, content) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (sha256) DO NOTHING",
+                    [(sha256, len(raw), raw) for sha256, raw in zip(digests, raws)])
+        return digests

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,16 +62,16 @@ class SyncBackend(Protocol):
 class SyncSensor(Protocol):
     def on_accepted(self, source: str, seconds: float) -> None: ...
 
-    def on_imap_error(self, error_class: str) -> None: ...
-
 
 class LoopBackend:
     """A :class:`SyncBackend` for one inbox that runs its work on the ingest loop."""
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop, state: SyncState, intake: MailIntake,
                  inbox_id: str, cursor_name: str = "live", source: str = "imap",
-                 max_attempts: int = 3, retry_base_seconds: float = 60.0) -> None:
+                 max_attempts: int = 3, retry_base_seconds: float = 60.0,
+                 sensor: SyncSensor | None = None) -> None:
         self._loop = loop
+        self._sensor = sensor
         self._state = state
         self._intake = intake
         self._inbox_id = inbox_id
@@ -96,14 +97,18 @@ class LoopBackend:
 
     def accept(self, folder: str, uidvalidity: int, mails: Sequence[FetchedMail]) -> None:
         """Store and publish ``mails``; return once Kafka acknowledged all of them."""
+        started = time.perf_counter()
         self._call(self._accept_all(folder, uidvalidity, mails))
+        if self._sensor is not None:
+            seconds = time.perf_counter() - started
+            for _mail in mails:
+                self._sensor.on_accepted(self._source, seconds)
 
     async def _accept_all(self, folder: str, uidvalidity: int,
                           mails: Sequence[FetchedMail]) -> None:
-        await asyncio.gather(*(
-            self._intake.accept(mail.raw, [self._inbox_id], source=self._source,
-                                imap=ImapOrigin(folder, uidvalidity, mail.uid, mail.internal_date))
-            for mail in mails))
+        await self._intake.accept_imap(self._inbox_id, self._source, [
+            (mail.raw, ImapOrigin(folder, uidvalidity, mail.uid, mail.internal_date))
+            for mail in mails])
 
     def record_failure(self, folder: str, uidvalidity: int, uid: int, error: str, *,
                        final: bool = False) -> FailureOutcome:

@@ -11,6 +11,7 @@ inbox's health, the metrics and the retry policy use.
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -73,8 +74,13 @@ class ImapSyncError(Exception):
     retriable = True
 
 
+@functools.lru_cache(maxsize=8)
 def tls_context(ca_file: str = "") -> ssl.SSLContext:
-    """Return a verifying client context: the system's CAs, plus ``ca_file`` when given."""
+    """Return a verifying client context: the system's CAs, plus ``ca_file`` when given.
+
+    One context serves every connection: each one holds the parsed CA store,
+    about a megabyte, which a context per IDLE connection would repeat.
+    """
     context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH)
     if ca_file:
         context.load_verify_locations(cafile=ca_file)

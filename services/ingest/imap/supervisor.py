@@ -37,6 +37,8 @@ class SupervisorSensor(Protocol):
 
     def on_imap_error(self, error_class: str) -> None: ...
 
+    def on_accepted(self, source: str, seconds: float) -> None: ...
+
     def on_imap_states(self, inboxes_by_state: dict[str, int]) -> None: ...
 
 
@@ -136,7 +138,8 @@ class ImapSupervisor:
             backend = LoopBackend(loop=loop, state=self._state, intake=self._intake,
                                   inbox_id=account.inbox_id,
                                   max_attempts=self._options.max_attempts,
-                                  retry_base_seconds=self._options.retry_base_seconds)
+                                  retry_base_seconds=self._options.retry_base_seconds,
+                                  sensor=self._sensor)
             sync = self._make_sync(account, folder, backend)
             thread = threading.Thread(target=sync.run, daemon=True,
                                       name=f"imap-{account.inbox_id[:8]}-{folder[:16]}")
