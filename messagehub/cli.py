@@ -121,6 +121,13 @@ def cmd_inbox_imap(args: argparse.Namespace) -> int:
     with _connect() as conn:
         inbox = inboxes.find_inbox(conn, args.inbox)
         if args.disable:
+            smtp = conn.execute("SELECT 1 FROM inbox_smtp WHERE inbox_id = %s AND enabled",
+                                (inbox["id"],)).fetchone()
+            if smtp is not None:
+                raise ImapSettingsError(
+                    f"IMAP sync of {inbox['name']} cannot be turned off while the inbox sends "
+                    "through its own SMTP server, because replies arrive only through IMAP: "
+                    f"run `messagehub inbox smtp {inbox['name']} --enabled off` first")
             conn.execute("UPDATE inbox_imap SET sync_enabled = false WHERE inbox_id = %s",
                          (inbox["id"],))
             sys.stdout.write(f"IMAP sync of {inbox['name']} turned off\n")

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.stack
 
 def messagehub(stack: dict[str, Any], *args: str, stdin: str = "",
                token: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MESSAGEHUB_API_URL": stack["api"],
+    env = {**os.environ, "MESSAGEHUB_STATE_DIR": stack["state_dir"],
+           "MESSAGEHUB_PORT_BASE": str(stack["port_base"]), "MESSAGEHUB_API_URL": stack["api"],
            "MESSAGEHUB_API_TOKEN": token or stack["api_token"]}
     command = str(Path(sys.executable).parent / "messagehub")
     return subprocess.run([command, *args], input=stdin,
@@ -75,6 +76,25 @@ def test_cli_refusals_show_fields(stack: dict[str, Any], api: Api) -> None:
     done = messagehub(stack, "inbox", "list", token="mh_not-a-token")
     assert done.returncode == 2
     assert "invalid API token" in done.stderr
+
+
+def test_cli_imap_off_refused_while_smtp_on(stack: dict[str, Any], api: Api) -> None:
+    inbox = create_inbox(api)
+    base = f"/v1/inboxes/{inbox['id']}"
+    api.ok("PATCH", f"{base}/imap", {"host": "127.0.0.1", "port": 2993, "username": "u",
+                                     "password": "imap-pw"})
+    api.ok("PATCH", f"{base}/smtp", {"host": "127.0.0.1", "port": 2587, "username": "u",
+                                     "password": "smtp-pw", "encryption": "starttls"})
+
+    done = messagehub(stack, "inbox", "imap", "--inbox", inbox["name"], "--disable")
+    assert done.returncode == 2
+    assert "cannot be turned off while the inbox sends through its own SMTP" in done.stderr
+    assert api.ok("GET", f"{base}/imap")["enabled"] is True
+
+    assert messagehub(stack, "inbox", "smtp", inbox["name"], "--enabled", "off").returncode == 0
+    assert messagehub(stack, "inbox", "imap", "--inbox", inbox["name"],
+                      "--disable").returncode == 0
+    assert api.ok("GET", f"{base}/imap")["enabled"] is False
 
 
 def test_cli_connection_tests(stack: dict[str, Any], api: Api) -> None:
