@@ -48,6 +48,23 @@ RETRY_MAX_SECONDS = 30.0
 SESSION_TIMEOUT_SECONDS = 15.0
 
 
+# SQLSTATE classes of the OperationalErrors that a later attempt can outlive:
+# connection exception, transaction rollback (deadlock, serialization
+# failure), insufficient resources, operator intervention (shutdown,
+# restart) and system error. Others, such as program limit exceeded (54),
+# fail the same way every time.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+
+def is_transient(exc: psycopg.OperationalError) -> bool:
+    """Tell whether a batch that failed with ``exc`` can succeed when tried again.
+
+    An error without SQLSTATE comes from the client side (a lost connection,
+    a pool timeout), which is transient too.
+    """
+    return exc.sqlstate is None or exc.sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+
+
 class StageError(Exception):
     """A record the stage cannot apply; it goes to the dead-letter topic.
 
@@ -190,8 +207,13 @@ class BatchProcessor:
         try:
             async with conn.transaction():
                 applied = await self._apply_once(conn, record_name, record)
-        except psycopg.OperationalError:
-            raise
+        except psycopg.OperationalError as exc:
+            if is_transient(exc):
+                raise
+            # Retrying cannot help (an index row over PostgreSQL's size
+            # limit, say), and retrying forever would stop the partition.
+            await self._dead_letter(conn, coordinates, record, type(exc).__name__, str(exc))
+            return
         except StageError as exc:
             await self._dead_letter(conn, coordinates, record, type(exc).__name__, str(exc))
             return

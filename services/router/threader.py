@@ -46,6 +46,7 @@ conversation, also starts a new one.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -53,6 +54,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 REPLY_LOCAL_PART_PREFIX = "reply+"
+# Longer subject keys are stored as their digest: a btree index row must stay
+# under about a third of PostgreSQL's 8 KiB page (2704 bytes).
+MAX_SUBJECT_KEY_BYTES = 1000
 _TOKEN_RE = re.compile(r"^[a-z2-7]{16,64}$")
 
 # The rule that placed a message, as stored in messages.threaded_by.
@@ -238,7 +242,11 @@ def subject_key(correspondent: str, subject: str) -> str | None:
     normalized = normalize_subject(subject)
     if not normalized.text:
         return None
-    return f"{correspondent.lower()}\n{normalized.text}"
+    key = f"{correspondent.lower()}\n{normalized.text}"
+    if len(key.encode("utf-8")) > MAX_SUBJECT_KEY_BYTES:
+        # A digest keeps equal keys equal and fits the index.
+        return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return key
 
 
 def subject_window_start(arrived_at: datetime, window_days: int) -> datetime | None:

@@ -194,3 +194,11 @@ def huge_header_mail(size: int = MIB) -> bytes:
     """Return a small mail with one unfolded header of ``size`` bytes."""
     return b"X-Huge: " + b"x" * size + b"\r\n" + _head("huge header", "huge@attacker.example",
                                                       b"text/plain") + b"hello\r\n"
+
+
+def huge_address(size: int = 5000) -> bytes:
+    """Return a mail whose From and Cc addresses have a local part of ``size`` bytes."""
+    local = b"a" * size
+    return (b"From: Mallory <" + local + b"@attacker.example>\r\n"
+            b"To: <support@example.com>\r\nCc: <" + local + b"@cc.example>\r\n"
+            b"Subject: long address\r\nMessage-ID: <address@attacker.example>\r\n\r\nhi\r\n")
