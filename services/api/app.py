@@ -79,17 +79,23 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if exc.status < 400:
             raise
         error = ApiError(exc.status, _http_code(exc.status), exc.reason)
+    except psycopg.DataError:
+        # A value from the request that PostgreSQL cannot take, such as a
+        # NUL in a path segment. The client can correct it.
+        error = ApiError(400, "invalid_request", "a value in the path, query or body cannot be "
+                         "used: remove control characters and check the ids")
     except (psycopg.OperationalError, dead_letters.DeadLetterReadError) as exc:
         log.warning("api: %s %s: backing service unavailable: %s", request.method,
-                    request.path, exc)
+                    request.raw_path, exc)
         return ApiError(503, "unavailable", "a backing service (PostgreSQL or Kafka) is not "
                         "available; try again shortly").response()
     except Exception:
-        log.exception("api: %s %s: unexpected error", request.method, request.path)
+        log.exception("api: %s %s: unexpected error", request.method, request.raw_path)
         return ApiError(500, "internal_error", "unexpected error; the API's log has the "
                         "details").response()
     # Messages never carry a password, but only the code is logged: it is enough to search by.
-    log.info("api: %s %s: %d %s", request.method, request.path, error.status, error.code)
+    # The raw path, still percent-encoded, cannot forge a log line with a CR or LF.
+    log.info("api: %s %s: %d %s", request.method, request.raw_path, error.status, error.code)
     return error.response()
 
 
