@@ -9,7 +9,7 @@ port base come from ``MESSAGEHUB_STATE_DIR`` and ``MESSAGEHUB_PORT_BASE``)::
 It prints, from one run:
 
 - IDLE latency: from just before an APPEND to Dovecot to the moment a
-  subscriber of ``mail.received`` sees the mail, through the ingest service's
+  subscriber of ``mail.received`` receives the mail, through the ingest service's
   IMAP sync (over implicit TLS), p50 and p99. Dovecot alone adds about
   0.5 s (it delays IDLE notifications by 500 ms);
 - forwarding latency: from the end of DATA (the final ``.``) to the 250

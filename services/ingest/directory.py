@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -38,7 +39,7 @@ class PostgresInboxDirectory:
             return found
 
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
+            cursor: Any = await conn.execute(
                 "SELECT forwarding_address, id FROM inboxes WHERE forwarding_address = ANY(%s)",
                 (missing,))
             rows = await cursor.fetchall()
@@ -51,6 +52,6 @@ class PostgresInboxDirectory:
     async def inbox_exists(self, inbox_id: str) -> bool:
         """Tell whether an inbox with this id exists."""
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
+            cursor: Any = await conn.execute(
                 "SELECT 1 FROM inboxes WHERE id::text = %s", (inbox_id,))
             return await cursor.fetchone() is not None

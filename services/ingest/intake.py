@@ -4,7 +4,7 @@ The forwarding receiver, the HTTP upload, the IMAP sync and the IMAP history
 import all call :meth:`MailIntake.accept`. It stores the raw MIME in the raw
 mail store (content-addressed, so storing twice is harmless), publishes one
 ``mail.received`` per inbox and returns only once Kafka has acknowledged
-every one of them. The caller may then answer 250, answer 202 or advance its
+every one of them. The caller may then reply 250, return 202 or advance its
 IMAP cursor. Any failure raises :class:`IntakeUnavailable`, after which the
 caller must keep the mail (4xx, 503, cursor left where it was) and retry.
 """
@@ -35,7 +35,7 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True)
 class ImapOrigin:
-    """Where an IMAP mail came from, carried on its ``mail.received``."""
+    """The IMAP coordinates of a mail, carried on its ``mail.received``."""
 
     folder: str
     uidvalidity: int

@@ -25,7 +25,7 @@ ACK_TIMEOUT_SECONDS = 30.0
 
 
 class MailPublisher:
-    """Sends ``MailReceived`` records to ``topic`` (``mail.received`` unless a test says otherwise)."""
+    """Sends records to ``topic``: ``mail.received`` unless a test sets another."""
 
     def __init__(self, bootstrap_servers: str, *, topic: str = topics.MAIL_RECEIVED,
                  max_block_ms: int = 10_000) -> None:

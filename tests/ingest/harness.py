@@ -219,8 +219,8 @@ def published(stack: dict[str, Any], inbox_id: str,
         consumer.close()
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.2,
-             message: str = "condition") -> T:
+def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.2,
+             message: str = "condition") -> Any:
     """Return the first truthy value of ``condition()``; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -238,8 +238,10 @@ def wait_published(stack: dict[str, Any], inbox_id: str, count: int, *, timeout:
     def enough() -> list[dict[str, Any]] | None:
         records = published(stack, inbox_id, topic)
         return records if len({r["event_id"] for r in records}) >= count else None
-    return wait_for(enough, timeout=timeout, interval=0.5,
-                    message=f"{count} mails of inbox {inbox_id} on mail.received")
+    records: list[dict[str, Any]] = wait_for(
+        enough, timeout=timeout, interval=0.5,
+        message=f"{count} mails of inbox {inbox_id} on mail.received")
+    return records
 
 
 def query(stack: dict[str, Any], sql: str, *params: Any) -> list[dict[str, Any]]:

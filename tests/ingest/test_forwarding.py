@@ -1,7 +1,7 @@
 """The forwarding receiver and the HTTP upload, on the stack and in-process.
 
-The running ingest service of the stack answers the routing cases. The
-failure answers (451 and 503 while Kafka or PostgreSQL is unavailable, 552
+The running ingest service of the stack handles the routing cases. The
+failure replies (451 and 503 while Kafka or PostgreSQL is unavailable, 552
 and 413 over a small size limit) come from a receiver started in the test
 process on real components set up to fail: a topic that does not exist, a
 database port where nothing listens.
@@ -50,12 +50,16 @@ def _crlf(raw: bytes) -> bytes:
 
 
 def _wait_messages(stack: dict[str, Any], inbox: dict[str, Any], count: int) -> list[str]:
-    return wait_for(lambda: (ids := incoming_message_ids(stack, inbox["id"])) and
-                    len(ids) >= count and ids, timeout=120,
-                    message=f"{count} incoming messages in {inbox['name']}")
+    def enough() -> list[str] | None:
+        found = incoming_message_ids(stack, inbox["id"])
+        return found if len(found) >= count else None
+
+    ids: list[str] = wait_for(enough, timeout=120,
+                              message=f"{count} incoming messages in {inbox['name']}")
+    return ids
 
 
-def test_one_mail_two_inboxes__lands_in_both_once(stack: dict[str, Any],
+def test_two_inboxes__one_copy_each(stack: dict[str, Any],
                                                   cases_dir: Path) -> None:
     raw = _crlf((cases_dir / "09-same-mail-two-inboxes.eml").read_bytes())
     support = create_inbox(stack, email_address="support@example.com", agents=["Kim"])
@@ -74,8 +78,10 @@ def test_one_mail_two_inboxes__lands_in_both_once(stack: dict[str, Any],
                                                          "c09.sentinel@example.org"]
     assert _wait_messages(stack, sales, 1) == ["c09.alice.twoinboxes@mail.example.org"]
     for inbox in (support, sales):
-        wait_for(lambda inbox=inbox: any(c["greetings_sent"] for c in conversations(stack, inbox)),
-                 timeout=60, message="the greeting")
+        def greeted(inbox: dict[str, Any] = inbox) -> bool:
+            return any(c["greetings_sent"] for c in conversations(stack, inbox))
+
+        wait_for(greeted, timeout=60, message="the greeting")
         [alice] = [c for c in conversations(stack, inbox) if c["contact"] == "alice@example.org"]
         assert alice["greetings_sent"] == 1
 
@@ -97,7 +103,7 @@ def test_forwarded_mail__routed_by_envelope(stack: dict[str, Any], cases_dir: Pa
     assert conversation["contact"] == "dana@example.org"
 
 
-def test_relayed_mail__routed_by_forwarding_headers(stack: dict[str, Any],
+def test_relayed_mail__header_routing(stack: dict[str, Any],
                                                     cases_dir: Path) -> None:
     support = create_inbox(stack, email_address="support@example.com", agents=["Kim"])
 
@@ -109,7 +115,7 @@ def test_relayed_mail__routed_by_forwarding_headers(stack: dict[str, Any],
     assert _wait_messages(stack, support, 1) == ["c42.dana.locker@mail.example.org"]
 
 
-def test_unknown_forwarding_address__550_at_rcpt(stack: dict[str, Any]) -> None:
+def test_unknown_address__550_at_rcpt(stack: dict[str, Any]) -> None:
     with smtplib.SMTP(*_smtp_address(stack), timeout=30) as smtp:
         smtp.ehlo()
         smtp.mail("ann@example.org")
@@ -119,7 +125,7 @@ def test_unknown_forwarding_address__550_at_rcpt(stack: dict[str, Any]) -> None:
     assert b"no messagehub inbox" in text
 
 
-def test_no_forwarding_address_anywhere__550_after_data(stack: dict[str, Any]) -> None:
+def test_no_known_address__550_after_data(stack: dict[str, Any]) -> None:
     with smtplib.SMTP(*_smtp_address(stack), timeout=30) as smtp:
         with pytest.raises(smtplib.SMTPDataError) as failure:
             smtp.sendmail("ann@example.org", ["someone@example.net"],
@@ -129,7 +135,7 @@ def test_no_forwarding_address_anywhere__550_after_data(stack: dict[str, Any]) -
     assert b"X-Forwarded-To" in failure.value.smtp_error
 
 
-def test_size__advertised_by_the_service(stack: dict[str, Any]) -> None:
+def test_size__advertised(stack: dict[str, Any]) -> None:
     with smtplib.SMTP(*_smtp_address(stack), timeout=30) as smtp:
         smtp.ehlo()
         assert smtp.has_extn("size")
@@ -267,7 +273,7 @@ def test_oversize__552_and_413(stack: dict[str, Any], working: LocalIngest) -> N
     assert status == 413
 
 
-def test_http_upload__accepted_and_routed(stack: dict[str, Any], working: LocalIngest,
+def test_http_upload__accepted(stack: dict[str, Any], working: LocalIngest,
                                           cases_dir: Path) -> None:
     support = create_inbox(stack, email_address="support@example.com", agents=["Kim"])
 

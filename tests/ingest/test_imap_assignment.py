@@ -2,7 +2,7 @@
 
 Two replicas (assignment plus supervisor each) run on the rig's loop in a
 consumer group of their own. The folder syncs they start are stand-ins that
-only record who runs which inbox, so the test sees every start and stop.
+only record who runs which inbox, so the test records every start and stop.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Ledger:
 
 
 class RecordingSync:
-    """Stands in for a FolderSync: runs until stopped and tells the ledger."""
+    """A stand-in for a FolderSync: runs until stopped and records that in the ledger."""
 
     def __init__(self, ledger: Ledger, replica: str, inbox_id: str) -> None:
         self._ledger = ledger
@@ -93,7 +93,7 @@ class Replica:
         self._rig.run(self.assignment.stop())
 
 
-def test_two_replicas__each_inbox_synced_by_exactly_one(stack: dict[str, Any],
+def test_two_replicas__disjoint_inboxes(stack: dict[str, Any],
                                                         rig: IngestRig) -> None:
     login, password = new_imap_user()
     secrets.configure(stack["encryption_keys"])

@@ -37,7 +37,7 @@ def _stack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESSAGEHUB_PORT_BASE", str(TEST_PORT_BASE))
 
 
-def test_cli_imap__service_syncs_and_password_stays_secret(
+def test_cli_imap__service_syncs(
         stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     inbox = create_inbox(stack, email_address="support@example.com", agents=["Kim"])
@@ -87,7 +87,7 @@ def test_cli_imap__service_syncs_and_password_stays_secret(
     assert 'messagehub_ingest_imap_inboxes{state="idle"}' in metrics_text
 
 
-def test_cli_imap__wrong_password_on_health_then_fixed(
+def test_cli_imap__wrong_password_health(
         stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     inbox = create_inbox(stack, email_address="support@example.com", agents=["Kim"])
     login, password = new_imap_user()

@@ -1,8 +1,8 @@
 """The IMAP sync against the real Dovecot, PostgreSQL and Kafka of the stack.
 
 Each test runs :class:`FolderSync` threads in the test process (see
-``harness.py``), with intervals shortened so that waits stay short; what it
-checks is what reached ``mail.received``, the cursor and failure rows, and,
+``harness.py``), with intervals shortened so that waits stay short. It
+checks what reached ``mail.received``, the cursor and failure rows, and,
 where it matters, the conversations the router made.
 """
 
@@ -60,9 +60,13 @@ def _wait_idle(sync: SyncThread) -> None:
 
 
 def _wait_router(stack: dict[str, Any], inbox_id: str, count: int) -> list[str]:
-    return wait_for(lambda: (ids := incoming_message_ids(stack, inbox_id)) and
-                    len(ids) >= count and ids, timeout=120,
-                    message=f"{count} incoming messages in inbox {inbox_id}")
+    def enough() -> list[str] | None:
+        found = incoming_message_ids(stack, inbox_id)
+        return found if len(found) >= count else None
+
+    ids: list[str] = wait_for(enough, timeout=120,
+                              message=f"{count} incoming messages in inbox {inbox_id}")
+    return ids
 
 
 def test_idle__new_mail_reaches_kafka(stack: dict[str, Any], rig: IngestRig) -> None:
@@ -70,7 +74,8 @@ def test_idle__new_mail_reaches_kafka(stack: dict[str, Any], rig: IngestRig) -> 
     login, password = new_imap_user()
     started = datetime.now(timezone.utc)
     with mailbox_client(stack, login, password) as client:
-        client.append("INBOX", mail("idle.before@example.org"), msg_time=started - timedelta(days=2))
+        client.append("INBOX", mail("idle.before@example.org"),
+                      msg_time=started - timedelta(days=2))
     sync = SyncThread(FolderSync(account(stack, inbox["id"], login, password, start_at=started),
                                  "INBOX", rig.backend(inbox["id"]), fast_options(stack)))
     try:
@@ -93,7 +98,7 @@ def test_idle__new_mail_reaches_kafka(stack: dict[str, Any], rig: IngestRig) -> 
     assert _health(stack, inbox["id"])["last_sync_at"] is not None
 
 
-def test_reconnect__after_server_drops_connection(stack: dict[str, Any], rig: IngestRig) -> None:
+def test_reconnect__after_server_drop(stack: dict[str, Any], rig: IngestRig) -> None:
     inbox = _inbox(stack)
     login, password = new_imap_user()
     sync = SyncThread(FolderSync(account(stack, inbox["id"], login, password), "INBOX",
@@ -112,7 +117,7 @@ def test_reconnect__after_server_drops_connection(stack: dict[str, Any], rig: In
     assert _health(stack, inbox["id"])["consecutive_failures"] == 0
 
 
-def test_uidvalidity_change__resyncs_without_duplicates(
+def test_uidvalidity_change__no_duplicates(
         stack: dict[str, Any], rig: IngestRig, cases_dir: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     messages = scenario_messages(cases_dir / "10-uidvalidity-reset.txt")
@@ -166,7 +171,7 @@ def _padded(raw: bytes, size: int) -> bytes:
     return b"X-Pad: " + b"p" * pad + b"\r\n" + raw
 
 
-def test_poison_message__rest_flows_then_quarantined(
+def test_poison_message__quarantined(
         stack: dict[str, Any], rig: IngestRig, cases_dir: Path) -> None:
     poison = _padded(scenario_messages(cases_dir / "16-imap-poison-message.txt")["M1"], 3333)
     inbox = _inbox(stack)
@@ -210,7 +215,7 @@ def test_poison_message__rest_flows_then_quarantined(
     assert "c16.later@example.org" in {r["message_id"] for r in later}
 
 
-def test_large_mailbox__first_sync_from_now_and_backfill_bounded(
+def test_large_mailbox__bounded_sync(
         stack: dict[str, Any], rig: IngestRig) -> None:
     login, password = new_imap_user()
     old = datetime.now(timezone.utc) - timedelta(days=30)
@@ -290,7 +295,7 @@ class CrashBeforeCursorWrite:
         self._backend.advance_cursor(folder, uidvalidity, last_uid)
 
 
-def test_crash_between_ack_and_cursor__no_loss_no_duplicate(
+def test_crash_before_cursor_write__no_loss(
         stack: dict[str, Any], rig: IngestRig) -> None:
     inbox = _inbox(stack)
     login, password = new_imap_user()
@@ -298,7 +303,7 @@ def test_crash_between_ack_and_cursor__no_loss_no_duplicate(
         client.multiappend("INBOX", [mail(f"crash.{n}@example.org") for n in range(5)])
     acct = account(stack, inbox["id"], login, password)
 
-    crashing = SyncThread(FolderSync(acct, "INBOX", CrashBeforeCursorWrite(  # type: ignore[arg-type]
+    crashing = SyncThread(FolderSync(acct, "INBOX", CrashBeforeCursorWrite(
         rig.backend(inbox["id"])), fast_options(stack)))
     crashing.thread.join(30)
     assert isinstance(crashing.error, Crash)
@@ -324,7 +329,7 @@ def test_crash_between_ack_and_cursor__no_loss_no_duplicate(
     assert cursor is not None and cursor.last_uid == 5
 
 
-def test_overlapping_syncs__one_conversation_one_greeting(
+def test_overlapping_syncs__one_conversation(
         stack: dict[str, Any], rig: IngestRig, cases_dir: Path) -> None:
     message = scenario_messages(cases_dir / "11-overlapping-pollers.txt")["M1"]
     inbox = _inbox(stack, greeting=True)
@@ -402,7 +407,7 @@ def test_folder_names__modified_utf7_round_trip(stack: dict[str, Any], rig: Inge
     assert _cursor(stack, inbox["id"], "問い合わせ/重要") is not None
 
 
-def test_silent_hang__idle_reissued_and_mail_caught_up(stack: dict[str, Any],
+def test_silent_hang__mail_caught_up(stack: dict[str, Any],
                                                        rig: IngestRig) -> None:
     inbox = _inbox(stack)
     login, password = new_imap_user()
@@ -414,7 +419,7 @@ def test_silent_hang__idle_reissued_and_mail_caught_up(stack: dict[str, Any],
                                  "INBOX", rig.backend(inbox["id"]), options))
     try:
         _wait_idle(sync)
-        # The server stops answering but keeps the TCP connection open.
+        # The server stops responding but keeps the TCP connection open.
         proxy.freeze()
         with mailbox_client(stack, login, password) as client:
             client.append("INBOX", mail("c14.hang@example.org"))
@@ -430,7 +435,7 @@ def test_silent_hang__idle_reissued_and_mail_caught_up(stack: dict[str, Any],
     assert sync.error is None
 
 
-def test_auth_failure__recorded_backed_off_password_never_shown(
+def test_auth_failure__recorded_and_secret(
         stack: dict[str, Any], rig: IngestRig, caplog: pytest.LogCaptureFixture) -> None:
     inbox = _inbox(stack)
     login, password = new_imap_user()
@@ -503,7 +508,7 @@ def test_starttls__syncs(stack: dict[str, Any], rig: IngestRig) -> None:
 
 
 @pytest.mark.parametrize("after_import", ["leave", "mark_read", "move"])
-def test_after_import__mailbox_left_or_changed_as_asked(
+def test_after_import__option_applied(
         stack: dict[str, Any], rig: IngestRig, after_import: str) -> None:
     inbox = _inbox(stack)
     login, password = new_imap_user()
@@ -532,7 +537,7 @@ def test_after_import__mailbox_left_or_changed_as_asked(
         assert moved == 0
 
 
-def test_history_import__interrupted_then_resumed_once_each(
+def test_history_import__resumes(
         stack: dict[str, Any], rig: IngestRig) -> None:
     inbox = _inbox(stack)
     login, password = new_imap_user()

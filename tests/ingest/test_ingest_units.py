@@ -234,7 +234,8 @@ def test_summary__raw_shift_jis_subject() -> None:
 def test_summary__bracket_message_id(cases_dir: Path) -> None:
     summary = summarize((cases_dir / "06-exchange-bracket-message-id.eml").read_bytes())
 
-    assert summary.message_id == "[7c1e0f3a9b2d4e6f8a1b3c5d7e9f0a2b-QkFTRTY0U0FNUExF]@mail.example.org"
+    assert summary.message_id == (
+        "[7c1e0f3a9b2d4e6f8a1b3c5d7e9f0a2b-QkFTRTY0U0FNUExF]@mail.example.org")
 
 
 def test_mail_received__same_mail_same_event_id_per_inbox() -> None:

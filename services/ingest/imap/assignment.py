@@ -39,7 +39,7 @@ GROUP_ID = "messagehub-ingest-imap"
 
 def partition_of(inbox_id: str, partitions: int) -> int:
     """Return the partition Kafka's default partitioner gives the key ``inbox_id``."""
-    return (murmur2(inbox_id.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(inbox_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 class InboxAssignment(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -3,7 +3,7 @@
 imapclient is blocking, so each folder sync runs in a thread of its own,
 while the database pool and the Kafka producer live on the ingest event
 loop. :class:`LoopBackend` is the bridge: each call runs a coroutine on
-that loop and blocks the sync thread until it is done. The sync code sees
+that loop and blocks the sync thread until it is done. The sync code uses
 only the :class:`SyncBackend` protocol, so a test can wrap it to simulate a
 crash at any step.
 """

@@ -65,7 +65,7 @@ class ConnectOptions:
 
 
 class ImapSyncError(Exception):
-    """A failure of the sync with its error class; ``retriable`` says whether to retry."""
+    """A failure of the sync, with its error class; retrying later can succeed."""
 
     def __init__(self, error_class: str, message: str) -> None:
         super().__init__(message)
@@ -78,8 +78,8 @@ class ImapSyncError(Exception):
 def tls_context(ca_file: str = "") -> ssl.SSLContext:
     """Return a verifying client context: the system's CAs, plus ``ca_file`` when given.
 
-    One context serves every connection: each one holds the parsed CA store,
-    about a megabyte, which a context per IDLE connection would repeat.
+    One context serves every connection, because each context contains the
+    parsed CA store (about 0.8 MB), which a context per IDLE connection repeats.
     """
     context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH)
     if ca_file:
@@ -113,7 +113,7 @@ def connect(account: ImapAccount, options: ConnectOptions,
 def folder_names(client: IMAPClient) -> list[str]:
     """Return the names of the account's folders as people read them.
 
-    Servers send names in modified UTF-7 (RFC 3501, 5.1.3); imapclient
+    Servers send names in modified UTF-7 (RFC 3501, 5.1.3). imapclient
     decodes them here and encodes them again in SELECT, so a name such as
     ``問い合わせ/重要`` or ``R&D`` round-trips exactly.
     """
@@ -169,7 +169,7 @@ def classify(exc: BaseException, account: ImapAccount) -> ImapSyncError:
         return ImapSyncError("tls", f"{where}: TLS failed ({exc.reason}); check that security "
                              "matches the port: tls for 993, starttls for 143")
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return ImapSyncError("timeout", f"{where}: the server did not answer in time; if "
+        return ImapSyncError("timeout", f"{where}: timed out waiting for the server; if "
                              "the port expects implicit TLS (usually 993), use security tls")
     if isinstance(exc, imap_errors.IMAPClientAbortError):
         return ImapSyncError("connect", f"{where}: the connection was lost: "

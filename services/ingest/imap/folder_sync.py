@@ -6,8 +6,8 @@ One session of the loop:
 
 1. connect and log in (TLS checked, every socket operation bounded);
 2. SELECT the folder (EXAMINE when the mailbox is to be left as it was) and
-   compare its UIDVALIDITY with the cursor: on the first sync, or when it
-   changed, start again from the inbox's sync start; the router drops mail
+   compare its UIDVALIDITY with the cursor. On the first sync, or when it
+   changed, start again from the inbox's sync start. The router drops mail
    it already has, so a re-sync creates no duplicates;
 3. catch up: walk the UIDs after the cursor in windows, fetch bodies in
    batches bounded by count and bytes, hand each batch to the backend, and
@@ -85,7 +85,7 @@ class SyncOptions:
 
 @dataclass
 class Mailbox:
-    """The selected folder as this session knows it."""
+    """The state of the selected folder in this session."""
 
     uidvalidity: int
     uidnext: int
@@ -278,7 +278,7 @@ class FolderSync:
         return Mailbox(uidvalidity, uidnext, exists, start_uid - 1)
 
     def _uidnext_from_last(self, client: IMAPClient, exists: int) -> int:
-        # RFC 3501 requires UIDNEXT in the SELECT answer, but not every server sends it.
+        # RFC 3501 requires UIDNEXT in the SELECT response, but not every server sends it.
         if exists == 0:
             return 1
         return int(self._at_sequence(client, exists, b"UID") or 0) + 1
@@ -374,7 +374,10 @@ class FolderSync:
         return imported
 
     def _import_batch(self, client: IMAPClient, mailbox: Mailbox, uids: list[int]) -> None:
-        """Fetch ``uids`` and hand them to the backend; a failed batch is split into single mails."""
+        """Fetch ``uids`` and hand them to the backend.
+
+        A batch whose FETCH fails is split into single mails.
+        """
         try:
             fetched = client.fetch(uids, [b"BODY.PEEK[]", b"INTERNALDATE"])
         except FETCH_ERRORS as exc:
@@ -435,7 +438,7 @@ class FolderSync:
             mailbox.last_uid = last_uid
 
     def _after_import(self, client: IMAPClient, uids: Sequence[int]) -> None:
-        """Mark or move imported mail when the inbox asks for it; the default leaves it."""
+        """Mark or move imported mail when the inbox's settings request it; by default it stays."""
         if not uids or self.account.after_import == "leave":
             return
         try:

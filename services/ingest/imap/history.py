@@ -1,7 +1,7 @@
 """History import of an inbox's own IMAP folders: ``messagehub import --imap``.
 
-It walks each folder from its first UID on, whatever the inbox's sync start
-says, through the same catch-up as the live sync but on a cursor of its own
+It walks each folder from its first UID on, regardless of the inbox's sync
+start, through the same catch-up as the live sync but on a cursor of its own
 (``history``). Each batch goes to Kafka before the cursor moves, so an
 interrupted import resumes where it stopped, and the router drops mail that
 the live sync or an earlier run already brought in: running it again

@@ -87,13 +87,13 @@ def reconnect_delay(error_class: str, failures: int, *, first_seconds: float,
         base, ceiling = slow_first_seconds, max(SLOW_RETRY_MAX_SECONDS, slow_first_seconds)
     else:
         base, ceiling = first_seconds, max_seconds
-    delay = min(ceiling, base * 2 ** max(0, failures - 1))
-    return delay * (1 + random.uniform(0, 0.1))  # noqa: S311 - jitter, not security
+    delay = min(ceiling, base * 2.0 ** max(0, failures - 1))
+    return float(delay * (1 + random.uniform(0, 0.1)))  # noqa: S311 - jitter, not security
 
 
 def retry_delay(attempts: int, base_seconds: float) -> float:
     """Return the wait before fetching a failed mail again after ``attempts`` attempts."""
-    return base_seconds * 2 ** max(0, attempts - 1)
+    return float(base_seconds * 2.0 ** max(0, attempts - 1))
 
 
 def is_new_mail(response: tuple[object, ...]) -> bool:

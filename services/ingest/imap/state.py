@@ -48,7 +48,7 @@ class SyncState:
     async def enabled_versions(self) -> dict[str, int]:
         """Return ``{inbox id: settings version}`` of every inbox whose sync is on."""
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
+            cursor: Any = await conn.execute(
                 "SELECT inbox_id::text AS inbox_id, settings_version FROM inbox_imap "
                 "WHERE sync_enabled AND host IS NOT NULL")
             return {row["inbox_id"]: row["settings_version"] for row in await cursor.fetchall()}
@@ -60,7 +60,8 @@ class SyncState:
         decrypts the stored password.
         """
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(_ACCOUNT_QUERY + " AND inbox_id::text = %s", (inbox_id,))
+            cursor: Any = await conn.execute(_ACCOUNT_QUERY + " AND inbox_id::text = %s",
+                                             (inbox_id,))
             row = await cursor.fetchone()
         return account_from_row(row) if row is not None else None
 
@@ -68,7 +69,7 @@ class SyncState:
 
     async def load_cursor(self, inbox_id: str, folder: str, name: str) -> Cursor | None:
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
+            cursor: Any = await conn.execute(
                 "SELECT uidvalidity, last_uid FROM imap_cursors "
                 "WHERE inbox_id = %s AND folder = %s AND cursor_name = %s",
                 (inbox_id, folder, name))
@@ -83,7 +84,8 @@ class SyncState:
                 "INSERT INTO imap_cursors (inbox_id, folder, cursor_name, uidvalidity, last_uid) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (inbox_id, folder, cursor_name) DO UPDATE "
                 "SET last_uid = CASE WHEN imap_cursors.uidvalidity = EXCLUDED.uidvalidity "
-                "THEN greatest(imap_cursors.last_uid, EXCLUDED.last_uid) ELSE EXCLUDED.last_uid END, "
+                "THEN greatest(imap_cursors.last_uid, EXCLUDED.last_uid) "
+                "ELSE EXCLUDED.last_uid END, "
                 "uidvalidity = EXCLUDED.uidvalidity, updated_at = now()",
                 (inbox_id, folder, name, uidvalidity, last_uid))
 
@@ -105,9 +107,10 @@ class SyncState:
                              ) -> FailureOutcome:
         """Count one more failed attempt at a mail; quarantine it after the last one."""
         async with self._pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(
+            cursor: Any = await conn.execute(
                 "SELECT attempts FROM imap_failed_mails WHERE inbox_id = %s AND folder = %s "
-                "AND uidvalidity = %s AND uid = %s FOR UPDATE", (inbox_id, folder, uidvalidity, uid))
+                "AND uidvalidity = %s AND uid = %s FOR UPDATE",
+                (inbox_id, folder, uidvalidity, uid))
             row = await cursor.fetchone()
             attempts = (row["attempts"] if row else 0) + 1
             quarantined = final or attempts >= max_attempts
@@ -131,7 +134,7 @@ class SyncState:
                            ) -> tuple[list[int], float | None]:
         """Return the UIDs due for another attempt, and seconds until the next one after."""
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
+            cursor: Any = await conn.execute(
                 "SELECT uid, extract(epoch FROM next_attempt_at - now()) AS wait "
                 "FROM imap_failed_mails WHERE inbox_id = %s AND folder = %s AND uidvalidity = %s "
                 "AND status = 'retrying' ORDER BY next_attempt_at, uid LIMIT 100",

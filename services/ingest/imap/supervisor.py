@@ -1,11 +1,12 @@
 """Running the folder syncs of the inboxes this replica owns.
 
 ``services/ingest/__main__.py`` creates one :class:`ImapSupervisor`; the
-assignment (:mod:`services.ingest.imap.assignment`) tells it which inboxes
+assignment (:mod:`services.ingest.imap.assignment`) gives it the inboxes
 this replica owns, and it keeps one :class:`FolderSync` thread per synced
 folder of each of them. It reconciles an inbox when its settings change
-(PostgreSQL NOTIFY from the trigger on ``inbox_imap``) and every
-``reconcile_seconds`` anyway, so a missed notification only delays a change.
+(PostgreSQL NOTIFY from the trigger on ``inbox_imap``) and, from the
+service's timer, every ``MESSAGEHUB_IMAP_RECONCILE_SECONDS`` anyway, so a
+missed notification only delays a change.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from services.ingest.intake import MailIntake
 
 log = logging.getLogger(__name__)
 
-# How long stopping one inbox's threads may take; a thread blocked in a
+# How long stopping one inbox's threads may take. A thread blocked in a
 # socket call is interrupted at once, so this is only a safety bound.
 STOP_TIMEOUT_SECONDS = 30.0
 
