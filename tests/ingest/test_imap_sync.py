@@ -572,3 +572,26 @@ def test_history_import__resumes(
     assert len(records) == 250
     assert {r["source"] for r in records} == {"import"}
     assert _cursor(stack, inbox["id"]) is None
+
+
+def test_server_without_idle__polls(stack: dict[str, Any], rig: IngestRig) -> None:
+    inbox = _inbox(stack)
+    login, password = new_imap_user()
+
+    # The proxy hides IDLE from every CAPABILITY list the server sends.
+    proxy = TcpProxy(imap_port(stack), rewrite=lambda data: data.replace(b" IDLE", b""))
+    sync = SyncThread(FolderSync(
+        account(stack, inbox["id"], login, password, port=proxy.port, security="none"),
+        "INBOX", rig.backend(inbox["id"]), fast_options(stack, poll_interval_seconds=1)))
+    try:
+        _wait_idle(sync)
+        with mailbox_client(stack, login, password) as client:
+            client.append("INBOX", mail("polled@example.org"))
+        [record] = wait_published(stack, inbox["id"], 1, timeout=20)
+    finally:
+        sync.stop()
+        proxy.close()
+
+    assert record["message_id"] == "polled@example.org"
+    assert b" IDLE\r\n" not in proxy.client_bytes
+    assert b"EXAMINE" in proxy.client_bytes

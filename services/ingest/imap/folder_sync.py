@@ -104,12 +104,14 @@ class FolderSync:
 
     def __init__(self, account: ImapAccount, folder: str, backend: SyncBackend,
                  options: SyncOptions, *, on_error: Callable[[str], None] | None = None,
+                 on_event: Callable[[str], None] | None = None,
                  on_state: Callable[[str], None] | None = None) -> None:
         self.account = account
         self.folder = folder
         self._backend = backend
         self._options = options
         self._on_error = on_error or (lambda _error_class: None)
+        self._on_event = on_event or (lambda _event: None)
         self._on_state = on_state or (lambda _state: None)
         self._stopping = threading.Event()
         self._client_lock = threading.Lock()
@@ -273,7 +275,7 @@ class FolderSync:
             log.warning("%s: UIDVALIDITY changed from %d to %d: re-syncing from UID %d; mail "
                         "that was imported before is dropped as a duplicate by the router",
                         self._label, cursor.uidvalidity, uidvalidity, start_uid)
-            self._on_error("uidvalidity")
+            self._on_event("uidvalidity_changed")
         self._backend.reset_cursor(self.folder, uidvalidity, start_uid - 1)
         return Mailbox(uidvalidity, uidnext, exists, start_uid - 1)
 
@@ -425,7 +427,7 @@ class FolderSync:
         outcome = self._backend.record_failure(self.folder, mailbox.uidvalidity, uid, error,
                                                final=final)
         if outcome.status == "quarantined":
-            self._on_error("quarantined")
+            self._on_event("quarantined")
             log.error("%s UIDVALIDITY %d UID %d: quarantined after %d attempt(s): %s",
                       self._label, mailbox.uidvalidity, uid, outcome.attempts, error)
         else:

@@ -38,6 +38,8 @@ class SupervisorSensor(Protocol):
 
     def on_imap_error(self, error_class: str) -> None: ...
 
+    def on_imap_event(self, event: str) -> None: ...
+
     def on_accepted(self, source: str, seconds: float) -> None: ...
 
     def on_imap_states(self, inboxes_by_state: dict[str, int]) -> None: ...
@@ -173,4 +175,5 @@ class ImapSupervisor:
     def _default_sync(self, account: ImapAccount, folder: str,
                       backend: LoopBackend) -> FolderSync:
         return FolderSync(account, folder, backend, self._options,
-                          on_error=self._sensor.on_imap_error)
+                          on_error=self._sensor.on_imap_error,
+                          on_event=self._sensor.on_imap_event)
