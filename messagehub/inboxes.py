@@ -40,11 +40,19 @@ def forwarding_address(inbox_name: str, inbound_domain: str) -> str:
     return f"{slug}-{secrets.token_hex(8)}@{inbound_domain}"
 
 
+def _require_one_line(field: str, value: str) -> str:
+    # Names become display names in the From of every mail we send; a line
+    # break there would start a header of the sender's choosing.
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise InboxError(f"{field} must be one line without control characters: {value!r}")
+    return value
+
+
 def create_inbox(conn: psycopg.Connection[Any], *, name: str, email: str, inbound_domain: str,
                  greeting_text: str | None = None, greeting_enabled: bool = False,
                  auto_assign_limit: int | None = None, locale: str = "en") -> dict[str, Any]:
     """Create an inbox; return it with its generated forwarding address."""
-    name = name.strip()
+    name = _require_one_line("name", name.strip())
     if not name:
         raise InboxError("name must not be empty")
     email = _require_address("email", email)
@@ -83,7 +91,7 @@ def add_agent(conn: psycopg.Connection[Any], *, inbox: str, name: str,
     """Create the agent (or reuse the one with this email) and add it to the inbox."""
     target = find_inbox(conn, inbox)
     email = _require_address("email", email).lower()
-    if not name.strip():
+    if not _require_one_line("agent name", name).strip():
         raise InboxError("agent name must not be empty")
 
     cursor = conn.execute(

@@ -77,14 +77,18 @@ INTERVALS = {"type": "array", "maxItems": 12,
 PASSWORD = _string(1000, min_length=1, writeOnly=True,
                    description="Written only; never returned. Omit to keep the stored one.")
 
+# Names shown in the From of the mail we send: one line, no control characters.
+ONE_LINE = {"pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+            "x-error": "must be one line without control characters"}
+
 INBOX_CREATE = _object({
-    "name": _string(100, min_length=1, description="Unique name of the inbox."),
+    "name": _string(100, min_length=1, description="Unique name of the inbox.", **ONE_LINE),
     "email": {**EMAIL, "description": "The business address, e.g. support@example.com."},
     "locale": _enum(LOCALES, description="Language of the automatic texts."),
 }, required=("name", "email"))
 
 INBOX_SETTINGS = _object({
-    "name": _string(100, min_length=1),
+    "name": _string(100, min_length=1, **ONE_LINE),
     "email": EMAIL,
     "avatar_url": HTTPS_URL,
     "greeting_enabled": {"type": "boolean"},
@@ -95,7 +99,7 @@ INBOX_SETTINGS = _object({
     "help_center_url": HTTPS_URL,
     "sender_name_style": _enum(SENDER_NAME_STYLES, description=(
         "friendly: \"Jane from Acme\"; professional: \"Acme\".")),
-    "business_name": _string(100, nullable=True),
+    "business_name": _string(100, nullable=True, **ONE_LINE),
     "locale": _enum(LOCALES),
 }, description="The Settings tab. Fields left out keep their value.")
 
@@ -152,7 +156,7 @@ SMTP_SETTINGS = _object({
                "value.")
 
 AGENT_CREATE = _object({
-    "name": _string(100, min_length=1),
+    "name": _string(100, min_length=1, **ONE_LINE),
     "email": EMAIL,
     "availability": _enum(AVAILABILITIES),
     "inboxes": {"type": "array", "items": _string(200, min_length=1), "maxItems": 500,
