@@ -9,6 +9,7 @@ run is ``messagehub chaos --mails 10000 --json``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -33,13 +34,18 @@ CI_PLAN = ["kill:router", "restart:postgresql", "kill:outbound", "restart:kafka"
 
 @pytest.fixture(scope="module")
 def chaos_stack() -> Iterator[Path]:
-    stackctl.down(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
-    stackctl.local_stack(CHAOS_STATE_DIR, CHAOS_PORT_BASE).wipe()
-    stackctl.up(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
-    try:
-        yield CHAOS_STATE_DIR
-    finally:
+    # Two test sessions on one machine would wipe each other's chaos stack:
+    # the second waits for the first.
+    CHAOS_STATE_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with open(CHAOS_STATE_DIR.with_name(CHAOS_STATE_DIR.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         stackctl.down(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
+        stackctl.local_stack(CHAOS_STATE_DIR, CHAOS_PORT_BASE).wipe()
+        stackctl.up(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
+        try:
+            yield CHAOS_STATE_DIR
+        finally:
+            stackctl.down(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
 
 
 @pytest.fixture(scope="module")
