@@ -71,10 +71,10 @@ class _StageRuntime:
 
     async def sweep(self) -> None:
         if self.relay is not None:
-            await sweep_outbox(self.relay, self._stage.name)
+            await run_outbox_sweep(self.relay, self._stage.name)
 
 
-async def sweep_outbox(relay: outbox.OutboxRelay, stage_name: str) -> None:
+async def run_outbox_sweep(relay: outbox.OutboxRelay, stage_name: str) -> None:
     """Publish outbox rows that no batch published; log a failure instead of raising.
 
     An exception escaping a faust timer crashes the whole worker, so a

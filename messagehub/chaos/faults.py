@@ -22,9 +22,9 @@ same way and recorded as an unplanned restart: that is a service that did
 not survive an outage by itself.
 
 Recovery of a fault is the time from the moment the component is brought
-back until the work that waited on it moves again: the consumer group of
-the killed stage commits offsets past where it stood, ingest accepts mail,
-the sink stores mail. When no work was waiting, the readiness probes of
+back until the work that waited on it moves again. Moving again means that
+the consumer group of the killed stage commits offsets past where it
+stood, that ingest accepts mail, or that the sink stores mail. When no work was waiting, the readiness probes of
 all services stand in for it (``measured_by`` says which).
 """
 
@@ -80,7 +80,7 @@ class FaultRecord:
 
 @dataclass
 class UnplannedRestart:
-    """A component that died without being killed, and what its log said last."""
+    """A component that died without being killed, and the last lines of its log."""
 
     component: str
     at_s: float
@@ -121,7 +121,7 @@ class StackControl:
         return [name for name, detail in self.status().items() if not detail["running"]]
 
     def unready(self) -> list[str]:
-        """Return the services whose readiness probe does not answer 200."""
+        """Return the services whose readiness probe does not return 200."""
         failing = []
         for spec in stackctl.SERVICES:
             url = f"http://127.0.0.1:{self.port_base + spec.metrics_offset}/readyz"
@@ -134,7 +134,7 @@ class StackControl:
         return failing
 
     def log_tail(self, component: str, lines: int = 5) -> list[str]:
-        """Return the last lines of a component's log that say something went wrong."""
+        """Return the last error lines of a component's log, or its last lines."""
         path = self._log_path(component)
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
@@ -211,7 +211,7 @@ def consumer_partitions(consumer: Any, names: Sequence[str]) -> list[Any]:
 
 
 class PipelineProbe:
-    """What the recovery measurement watches: per signal, a counter and whether work waits."""
+    """Counters of the recovery measurement: per signal, a count and whether work waits."""
 
     def __init__(self, control: StackControl, database_url: str, bootstrap: str,
                  sink_dir: Path, import_stats: Callable[[], tuple[int, bool]]) -> None:

@@ -53,7 +53,7 @@ AGENT_REPLY_INTERVAL_SECONDS = 3.0
 
 @dataclass
 class ChaosOptions:
-    """What one run does; the defaults are the full run of ``messagehub chaos``."""
+    """Options of one run; the defaults are the full run of ``messagehub chaos``."""
 
     mails: int = 10_000
     inboxes: int = 10
@@ -72,7 +72,7 @@ class ChaosOptions:
 
 @dataclass
 class ImportStats:
-    """What the forwarding side saw: accepted mails, retries, give-ups."""
+    """Counts of the forwarding side: accepted mails, retries and mails given up on."""
 
     sent: int = 0
     accepted: int = 0
@@ -106,8 +106,8 @@ def run(options: ChaosOptions, state_dir: Path = DEFAULT_STATE_DIR,
     """Run the chaos test; return its figures as one JSON-ready dict.
 
     With ``manage_stack`` the stack in ``state_dir`` is wiped and started,
-    and stopped at the end unless ``keep_stack``; without, the caller has
-    started it and stops it.
+    and it is stopped at the end unless ``keep_stack``. Without it, the
+    caller starts and stops the stack.
     """
     if manage_stack:
         stackctl.down(state_dir, port_base)
@@ -296,11 +296,11 @@ def _is_permanent(exc: BaseException) -> bool:
 
 
 class AgentReplier(threading.Thread):
-    """Asks for an agent reply in a share of the conversations, as the API would.
+    """Requests an agent reply in a share of the conversations, as the API would.
 
-    The request goes into the outbox, so a stage's relay publishes it on
-    ``outbound.requests``; its request id is derived from the conversation,
-    so asking twice would still send once.
+    The request goes into the outbox, and a stage's relay publishes it on
+    ``outbound.requests``. Its request id is derived from the conversation,
+    so a second request would still send once.
     """
 
     def __init__(self, database_url: str, inbox_ids: list[str]) -> None:
@@ -318,7 +318,7 @@ class AgentReplier(threading.Thread):
         self._stopping.set()
 
     def stop_and_finish(self) -> None:
-        """Stop the thread, then ask for the replies of conversations created since."""
+        """Stop the thread, then request the replies of conversations created since."""
         self.stop()
         self.join()
         deadline = time.monotonic() + 120

@@ -2,9 +2,9 @@
 
 :func:`generate` is called by :mod:`messagehub.chaos.harness` (``messagehub
 chaos``) and by the chaos tests. It writes, from a seed, a set of threads
-spread over several inboxes: a customer opens a conversation, then replies
-to their own mail or a colleague they copied answers with reply-all, each
-reply carrying In-Reply-To and References as a mail client writes them.
+spread over several inboxes. A customer opens a conversation, then replies
+to their own mail, or a colleague they copied replies to all. Each reply
+carries In-Reply-To and References as a mail client writes them.
 Mails vary the way support mail does: plain text or text plus HTML, a small
 attachment, a Japanese subject and name in encoded-words, quoted history.
 

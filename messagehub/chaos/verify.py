@@ -10,8 +10,8 @@ each as a count that must be zero:
   two MESSAGE_ADDED events with different event ids for one message);
 - ``doubled_conversations``: a thread split over more than one
   conversation, or a conversation created by two different events;
-- ``merged_conversations``: a conversation that holds mail of more than one
-  thread;
+- ``merged_conversations``: a conversation that contains mail of more than
+  one thread;
 - ``doubled_sends``: a greeting or an agent reply that reached the SMTP sink
   more than once (``resent_same_message_id`` counts the resends that carry
   the first one's Message-ID, which the send ledger allows after a crash
@@ -49,7 +49,7 @@ DEAD_LETTER_TOPICS = (topics.ROUTER_DEAD_LETTER, topics.ASSIGN_DEAD_LETTER,
 
 @dataclass(frozen=True)
 class RunScope:
-    """What the run created: the inboxes (by index) and the agent replies it requested."""
+    """Scope of a run: its inboxes (by index), threads and requested agent replies."""
 
     database_url: str
     kafka_bootstrap: str
@@ -225,15 +225,15 @@ def _check_sends(scope: RunScope, rows: dict[str, list[dict[str, Any]]],
                       if r["status"] in ("failed", "suppressed"))
 
     for request_id in scope.agent_requests:
-        row = ledger_by_request.get(request_id)
-        deliveries = sink_ids[row["rfc_message_id"]] if row else 0
+        reply = ledger_by_request.get(request_id)
+        deliveries = sink_ids[reply["rfc_message_id"]] if reply else 0
         doubled += max(0, deliveries - 1)
         if deliveries == 0:
             missing.append(f"agent reply {request_id}: "
-                           + (f"{row['status']} {row['error_class'] or ''}" if row
+                           + (f"{reply['status']} {reply['error_class'] or ''}" if reply
                               else "never reached outbound"))
-        if row and row["status"] in ("failed", "suppressed"):
-            failed[f"agent {row['status']}: {row['error_class']}"] += 1
+        if reply and reply["status"] in ("failed", "suppressed"):
+            failed[f"agent {reply['status']}: {reply['error_class']}"] += 1
 
     ours = {row["rfc_message_id"] for row in rows["all_sent_ids"]}
     return {

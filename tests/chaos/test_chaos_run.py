@@ -93,7 +93,7 @@ def test_chaos__every_thread_in_one_conversation(report: dict[str, Any]) -> None
 def test_chaos__every_send_delivered_once(report: dict[str, Any]) -> None:
     assert report["missing_send_examples"] == []
     # A kill between the SMTP server's 250 and the ledger write resends with
-    # the same Message-ID, which the send ledger allows; any other second
+    # the same Message-ID, which the send ledger allows. Any other second
     # delivery is a doubled send.
     assert report["doubled_sends"] == report["resent_same_message_id"]
     assert report["resent_same_message_id"] <= CI_PLAN.count("kill:outbound")

@@ -3,8 +3,8 @@
 - The outbox sweep ran in a faust timer; an exception escaping it (the
   database restarting) crashed the whole stage process.
 - The local stack ran PostgreSQL with synchronous_commit off, so a crash of
-  PostgreSQL lost transactions the router had seen commit; their Kafka
-  offsets were committed, and the mail was gone.
+  PostgreSQL lost transactions the router had seen commit. Their Kafka
+  offsets were committed too, so the mail was gone.
 - Faust's default session timeout of 60 s left a crashed stage's
   partitions idle for a minute before its restarted process got them back.
 """
@@ -18,7 +18,7 @@ import pytest
 
 from messagehub import worker
 from messagehub.localstack.postgres import PostgresServer
-from messagehub.service import sweep_outbox
+from messagehub.service import run_outbox_sweep
 from messagehub.settings import Settings
 
 
@@ -32,23 +32,23 @@ class _FailingRelay:
         raise self.error
 
 
-async def test_sweep_outbox__database_gone_logged_not_raised(
+async def test_outbox_sweep__database_gone_logged_not_raised(
         caplog: pytest.LogCaptureFixture) -> None:
     relay = _FailingRelay(psycopg.OperationalError("server closed the connection unexpectedly"))
 
-    await sweep_outbox(relay, "router")  # type: ignore[arg-type]
+    await run_outbox_sweep(relay, "router")  # type: ignore[arg-type]
 
     assert relay.calls == 1
     assert "router: outbox sweep failed" in caplog.text
 
 
-async def test_sweep_outbox__cancellation_propagates() -> None:
+async def test_outbox_sweep__cancellation_propagates() -> None:
     import asyncio
 
     relay = _FailingRelay(asyncio.CancelledError())
 
     with pytest.raises(asyncio.CancelledError):
-        await sweep_outbox(relay, "router")  # type: ignore[arg-type]
+        await run_outbox_sweep(relay, "router")  # type: ignore[arg-type]
 
 
 def test_local_postgres__commits_survive_a_server_crash(tmp_path: Path) -> None:

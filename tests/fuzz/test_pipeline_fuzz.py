@@ -141,12 +141,13 @@ def fuzz_run(stack: dict[str, Any], corpus_dir: Path) -> dict[str, Any]:
         time.sleep(2)
         found = fates(stack, inbox["id"], len(mails))
 
+    router_peak = peak_rss_bytes(process_of(stack, "router"))
     result = {"inbox": inbox, "pids": pids, "labels": [label for label, _ in mails],
               "replies": replies, "uploads": uploads, "fates": found,
-              "router_peak_rss_bytes": peak_rss_bytes(process_of(stack, "router"))}
+              "router_peak_rss_bytes": router_peak}
     print(json.dumps({"mails": len(mails), "refused_by_smtp": len(uploads),
                       "accepted": len(accepted),
-                      "router_peak_rss_mib": result["router_peak_rss_bytes"] // MIB,
+                      "router_peak_rss_mib": router_peak // MIB,
                       "fates": {mails[i][0]: fate for i, fate in sorted(found.items())}},
                      indent=1, ensure_ascii=False))
     return result

@@ -47,7 +47,7 @@ class SmtpConversation:
 
     def reply(self) -> tuple[int, str]:
         """Read one (possibly multi-line) reply; return its code and text."""
-        lines = []
+        lines: list[str] = []
         while True:
             while b"\r\n" not in self.buffer:
                 chunk = self.sock.recv(65536)
