@@ -63,6 +63,7 @@ _INFRA_COMPONENT = {"restart:kafka": "kafka", "restart:postgresql": "postgresql"
                     "outage:smtp-sink": "smtp-sink"}
 _INFRA_SIGNAL = {"kafka": signal.SIGKILL, "postgresql": signal.SIGQUIT, "smtp-sink": signal.SIGKILL}
 SUPERVISE_INTERVAL_SECONDS = 2.0
+RESTORE_LIMIT_SECONDS = 120.0
 PROBE_INTERVAL_SECONDS = 0.5
 
 
@@ -114,8 +115,21 @@ class StackControl:
             time.sleep(0.1)
 
     def restore(self) -> None:
-        """Start every component that is not running, as a supervisor would."""
-        stackctl.up(self.state_dir, self.port_base)
+        """Start every component that is not running, as a supervisor would.
+
+        A start that fails is tried again for a while, as a supervisor
+        restarts a container that failed to start; the last error is raised.
+        """
+        deadline = time.monotonic() + RESTORE_LIMIT_SECONDS
+        while True:
+            try:
+                stackctl.up(self.state_dir, self.port_base)
+                return
+            except LocalStackError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("chaos: restoring the stack failed, trying again in 2s: %s", exc)
+                time.sleep(2)
 
     def not_running(self) -> list[str]:
         return [name for name, detail in self.status().items() if not detail["running"]]

@@ -284,9 +284,31 @@ def _start_ticks(pid: int) -> int | None:
     # The command name in brackets may contain spaces, so split after it.
     fields = stat[stat.rfind(")") + 2 :].split()
     state, start_ticks = fields[0], int(fields[19])
-    if state in ("Z", "X"):
+    if state in ("Z", "X") and not _has_running_threads(pid):
         return None
     return start_ticks
+
+
+def _has_running_threads(pid: int) -> bool:
+    """Return whether any thread of ``pid`` has not exited yet.
+
+    A killed multi-threaded program (a JVM) shows its main thread as a
+    zombie while its other threads are still exiting, and its listening
+    sockets stay open until the last one has: a restart then finds the port
+    in use.
+    """
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    for thread in threads:
+        try:
+            stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _user_switch_kwargs(user: str | None) -> dict[str, Any]:
