@@ -1,6 +1,6 @@
 """Entry point of the router service: ``python -m services.router``.
 
-Consumes ``mail.received`` and ``mail.sent`` and produces
+Consumes ``mail.received``, ``mail.sent`` and ``mail.failed`` and produces
 ``conversation.events``; records it cannot handle go to
 ``router.dead-letter``.
 """
@@ -19,7 +19,7 @@ def main() -> None:
                         inbound_domain=settings.inbound_domain,
                         message_id_domain=settings.message_id_domain)
     run_stage_service("messagehub-router", settings, stage,
-                      source_topics=[topics.MAIL_RECEIVED, topics.MAIL_SENT],
+                      source_topics=[topics.MAIL_RECEIVED, topics.MAIL_SENT, topics.MAIL_FAILED],
                       dead_letter_topic=topics.ROUTER_DEAD_LETTER, lanes=settings.stage_lanes)
 
 

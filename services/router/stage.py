@@ -98,6 +98,8 @@ class RouterStage:
             await self._route_incoming(conn, record)
         elif record_name == "MailSent":
             await self._record_outgoing(conn, record)
+        elif record_name == "MailFailed":
+            await self._record_delivery_failure(conn, record)
         else:
             log.warning("router: event %s: ignoring record %s", record["event_id"], record_name)
 
@@ -387,9 +389,24 @@ class RouterStage:
         await _emit(conn, conversation_event(
             "MESSAGE_ADDED", fact=message_id, inbox_id=inbox_id, conversation_id=conversation_id,
             message_id=message_id, rfc_message_id=dedup_key,
-            direction="outgoing", message_kind=record["kind"], subject=record["subject"]))
+            direction="outgoing", message_kind=record["kind"], subject=record["subject"],
+            request_id=record["request_id"], agent_id=record.get("agent_id")))
         log.info("router: inbox %s Message-ID %s: outgoing %s recorded in conversation %s",
                  inbox_id, dedup_key, record["kind"], conversation_id)
+
+    async def _record_delivery_failure(self, conn: AsyncConnection[Any],
+                                       record: dict[str, Any]) -> None:
+        """Tell subscribers that a mail of the conversation could not be delivered."""
+        inbox_id, conversation_id = record["inbox_id"], record["conversation_id"]
+        await _emit(conn, conversation_event(
+            "DELIVERY_FAILED", fact=f"delivery-failed/{record['request_id']}",
+            inbox_id=inbox_id, conversation_id=conversation_id,
+            message_kind=record["kind"], request_id=record["request_id"],
+            error_class=record["error_class"], smtp_code=record["smtp_code"],
+            error_detail=record["detail"]))
+        log.info("router: inbox %s request %s: %s not delivered in conversation %s: %s",
+                 inbox_id, record["request_id"], record["kind"], conversation_id,
+                 record["error_class"])
 
 
 # ---------------------------------------------------------------------------

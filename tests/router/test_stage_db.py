@@ -512,3 +512,36 @@ async def test_stage__unknown_inbox_is_rejected(database_url: str) -> None:
             await STAGE.apply(conn, "MailReceived", record)
     assert isinstance(raised.value, StageError)
     assert not raised.value.retriable
+
+
+# ---------------------------------------------------------------------------
+# Delivery failures
+# ---------------------------------------------------------------------------
+
+
+async def test_stage__failed_send_becomes_delivery_failed(database_url: str,
+                                                          inbox: dict[str, Any]) -> None:
+    await route(database_url, inbox, customer_mail("c1.failed@example.org"), at=T0)
+    [conversation] = conversations(database_url, inbox)
+    request_id = str(uuid.uuid4())
+    record = {"event_id": f"test/{uuid.uuid4()}", "occurred_at": T0 + timedelta(minutes=1),
+              "inbox_id": inbox["id"], "conversation_id": str(conversation["id"]),
+              "schema_version": 1, "request_id": request_id, "kind": "greeting",
+              "error_class": "rejected", "smtp_code": 550,
+              "detail": "550 5.1.1 mailbox unavailable"}
+
+    async with await psycopg.AsyncConnection.connect(database_url, row_factory=dict_row) as conn:
+        async with conn.transaction():
+            await STAGE.apply(conn, "MailFailed", record)
+
+    with db.connect(database_url) as conn:
+        rows = conn.execute("SELECT value FROM outbox WHERE topic = 'conversation.events' "
+                            "ORDER BY id").fetchall()
+    events = [codec.decode(bytes(row["value"]))[1] for row in rows]
+    [failed] = [e for e in events if e["type"] == "DELIVERY_FAILED"
+                and e["conversation_id"] == str(conversation["id"])]
+    assert failed["request_id"] == request_id
+    assert failed["message_kind"] == "greeting"
+    assert failed["error_class"] == "rejected"
+    assert failed["smtp_code"] == 550
+    assert failed["error_detail"] == "550 5.1.1 mailbox unavailable"
