@@ -50,6 +50,12 @@ class AssignStage:
             "UNASSIGNED": self._on_unassigned,
         }
 
+    def wants(self, record_name: str, record: dict[str, Any]) -> bool:
+        """Tell the batch loop which records :meth:`apply` acts on: the rest skip the database."""
+        if record_name != "ConversationEvent" or record["type"] not in self._handlers:
+            return False
+        return bool(record["type"] != "MESSAGE_ADDED" or record["direction"] == "incoming")
+
     async def apply(self, conn: AsyncConnection[Any], record_name: str,
                     record: dict[str, Any]) -> None:
         if record_name != "ConversationEvent":

@@ -112,6 +112,12 @@ class OutboundStage:
         """Give the stage the pool for its ledger transactions."""
         self._pool = pool
 
+    def wants(self, record_name: str, record: dict[str, Any]) -> bool:
+        """Tell the batch loop which records :meth:`apply` acts on: the rest skip the database."""
+        if record_name == "ConversationEvent":
+            return bool(record["type"] == "STATUS_CHANGED" and record["status"] == "resolved")
+        return record_name == "OutboundRequest"
+
     async def apply(self, conn: AsyncConnection[Any], record_name: str,
                     record: dict[str, Any]) -> None:
         if record_name == "ConversationEvent":
