@@ -65,8 +65,8 @@ class BenchConfig:
     warmup_seconds: float = 10.0
     latency_rate: float = 100.0
     latency_seconds: float = 30.0
-    rates: tuple[float, ...] = (10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800,
-                                1000)
+    rates: tuple[float, ...] = (10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 400, 500, 600,
+                                800, 1000)
     step_seconds: float = 20.0
     keep_up_ratio: float = 0.95
     grace_seconds: float = 2.0
