@@ -29,7 +29,7 @@ ACCEPT_SECONDS = Histogram(
 IMAP_ERRORS = Counter(
     "messagehub_ingest_imap_errors_total",
     "IMAP sync sessions that failed, by error class (auth, tls, connect, timeout, protocol, "
-    "folder, storage).",
+    "folder, storage, settings).",
     ["error_class"])
 IMAP_EVENTS = Counter(
     "messagehub_ingest_imap_events_total",

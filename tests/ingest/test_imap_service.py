@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from messagehub import cli
 from tests.conftest import TEST_PORT_BASE, TEST_STATE_DIR
@@ -118,3 +119,19 @@ def test_cli_imap__wrong_password_health(
     assert fixed["error_since"] is None
     assert fixed["last_error"] == failed["last_error"]
     assert stopped["state"] == "stopped"
+
+
+def test_undecryptable_password__shown_on_health(stack: dict[str, Any]) -> None:
+    inbox = create_inbox(stack, email_address="support@example.com", agents=["Kim"])
+    other_key = Fernet(Fernet.generate_key())
+
+    query(stack, "INSERT INTO inbox_imap (inbox_id, host, port, username, password_encrypted, "
+                 "security, sync_enabled) VALUES (%s, '127.0.0.1', %s, 'nobody', %s, 'tls', true)",
+          inbox["id"], imap_port(stack, "imaps"), other_key.encrypt(b"pw").decode())
+    health = wait_for(lambda: (rows := query(
+        stack, "SELECT * FROM imap_sync_health WHERE inbox_id = %s", inbox["id"]))
+        and rows[0], timeout=60, message="the unusable settings on the inbox's health")
+
+    assert health["state"] == "auth_failed"
+    assert health["error_class"] == "auth"
+    assert "cannot be decrypted" in health["last_error"]

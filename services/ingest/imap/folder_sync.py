@@ -424,6 +424,8 @@ class FolderSync:
         return bool(client.search(["UID", str(uid)]))
 
     def _fail(self, mailbox: Mailbox, uid: int, error: str, *, final: bool = False) -> None:
+        # NOTE: only the error is kept; the row's raw_sha256 stays empty, because
+        # no partial FETCH of a failing mail is tried yet.
         outcome = self._backend.record_failure(self.folder, mailbox.uidvalidity, uid, error,
                                                final=final)
         if outcome.status == "quarantined":

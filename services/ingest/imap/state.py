@@ -65,6 +65,14 @@ class SyncState:
             row = await cursor.fetchone()
         return account_from_row(row) if row is not None else None
 
+    async def folders(self, inbox_id: str) -> list[str]:
+        """Return the folders the inbox's settings name, [] when it has no settings."""
+        async with self._pool.connection() as conn:
+            cursor: Any = await conn.execute(
+                "SELECT sync_folders FROM inbox_imap WHERE inbox_id::text = %s", (inbox_id,))
+            row = await cursor.fetchone()
+        return list(row["sync_folders"] or ["INBOX"]) if row else []
+
     # --- cursors ---------------------------------------------------------
 
     async def load_cursor(self, inbox_id: str, folder: str, name: str) -> Cursor | None:

@@ -104,9 +104,8 @@ class ImapSupervisor:
             if self._owns(inbox_id):
                 try:
                     account = await self._state.account(inbox_id)
-                except (secrets.SecretsError, ValueError) as exc:
-                    log.error("inbox %s: IMAP settings cannot be used: %s", inbox_id, exc)
-                    self._sensor.on_imap_error("auth")
+                except ValueError as exc:
+                    await self._report_unusable(inbox_id, exc)
             running = self._running.get(inbox_id)
             if account is not None and running is not None and \
                     running.version == account.settings_version:
@@ -115,6 +114,17 @@ class ImapSupervisor:
                 await self._stop_locked(inbox_id)
             if account is not None:
                 self._start_locked(account)
+
+    async def _report_unusable(self, inbox_id: str, exc: ValueError) -> None:
+        """Record settings that cannot start a sync, so that the inbox's health shows why."""
+        # A password no key decrypts needs the same fix as a wrong one.
+        error_class = "auth" if isinstance(exc, secrets.SecretsError) else "settings"
+        log.error("inbox %s: IMAP settings cannot be used: %s", inbox_id, exc)
+        self._sensor.on_imap_error(error_class)
+        for folder in await self._state.folders(inbox_id):
+            await self._state.report(inbox_id, folder,
+                                     "auth_failed" if error_class == "auth" else "backoff",
+                                     error_class=error_class, error=str(exc))
 
     async def stop(self, inbox_id: str) -> None:
         async with self._lock:
