@@ -2,13 +2,25 @@
 
 Services call :func:`open_pool` once at start, which also applies the
 schema: every ``sql/NNN-*.sql`` file in name order, each idempotent, under an
-advisory lock so replicas starting together do not race. Rows come back as
-dicts.
+advisory lock so replicas starting together do not race. A file runs only
+when its text changed since it last ran (its SHA-256 is kept in
+``schema_files``), and its DDL waits at most ``SCHEMA_LOCK_TIMEOUT`` for a
+table lock before it is tried again. Rows come back as dicts.
+
+Both matter when services restart beside running ones. ``ALTER TABLE ... ADD
+COLUMN IF NOT EXISTS`` takes an ACCESS EXCLUSIVE lock even when the column
+exists, and while it waits for a long transaction every later statement on
+that table queues behind it. When the long transaction's owner waits for one
+of those statements on another connection (outbound keeps its batch open
+while it writes the send ledger), nothing can move again: PostgreSQL's
+deadlock detector cannot see the wait inside the application.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from pathlib import Path
 
 import psycopg
@@ -20,10 +32,20 @@ log = logging.getLogger(__name__)
 SCHEMA_DIR = Path(__file__).resolve().parent / "sql"
 # An arbitrary constant that names "messagehub schema migration" among advisory locks.
 _SCHEMA_LOCK_ID = 0x6D68_7363
+SCHEMA_LOCK_TIMEOUT = "5s"
+SCHEMA_ATTEMPTS = 6
+_SCHEMA_FILES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_files ("
+    " name text PRIMARY KEY, sha256 text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())")
 
 
-def apply_schema(database_url: str) -> None:
-    """Create or update the tables, then refresh planner statistics.
+class SchemaLockTimeout(RuntimeError):
+    """A schema file could not get its table locks; a later start can try again."""
+
+
+def apply_schema(database_url: str) -> list[str]:
+    """Apply the schema files that changed, then refresh planner statistics; return their names.
 
     Statistics matter on a fresh database: a statement planned on a
     never-analyzed table keeps a sequential scan long after it has grown.
@@ -31,11 +53,51 @@ def apply_schema(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_ID,))
         try:
-            for path in sorted(SCHEMA_DIR.glob("[0-9][0-9][0-9]-*.sql")):
-                conn.execute(path.read_text(encoding="utf-8"))
-            conn.execute("ANALYZE")
+            applied = _apply_changed_files(conn)
+            if applied:
+                conn.execute("ANALYZE")
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_ID,))
+    if applied:
+        log.info("schema: applied %s", ", ".join(applied))
+    return applied
+
+
+def _apply_changed_files(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    conn.execute(_SCHEMA_FILES_TABLE)
+    known = dict(conn.execute("SELECT name, sha256 FROM schema_files").fetchall())
+    applied = []
+    for path in sorted(SCHEMA_DIR.glob("[0-9][0-9][0-9]-*.sql")):
+        text = path.read_text(encoding="utf-8")
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if known.get(path.name) == digest:
+            continue
+        _run_with_lock_timeout(conn, path.name, text)
+        conn.execute("INSERT INTO schema_files (name, sha256) VALUES (%s, %s) "
+                     "ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, "
+                     "applied_at = now()", (path.name, digest))
+        applied.append(path.name)
+    return applied
+
+
+def _run_with_lock_timeout(conn: psycopg.Connection[tuple[object, ...]], name: str,
+                           text: str) -> None:
+    """Run one schema file in a transaction that gives up on a busy table, and retry."""
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'")
+                conn.execute(text)
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt == SCHEMA_ATTEMPTS:
+                raise SchemaLockTimeout(
+                    f"schema: {name}: tables stayed locked by other transactions through "
+                    f"{SCHEMA_ATTEMPTS} attempts: start again later, or look for long "
+                    "transactions in pg_stat_activity") from None
+            log.warning("schema: %s: a table is locked by another transaction, attempt %d "
+                        "of %d, trying again in %ds", name, attempt, SCHEMA_ATTEMPTS, attempt)
+            time.sleep(attempt)
 
 
 def connect(database_url: str, *, autocommit: bool = False) -> psycopg.Connection[dict]:
