@@ -365,6 +365,8 @@ class FaultInjector(threading.Thread):
             self._control.kill(component, _INFRA_SIGNAL[component])
             if action == "outage":
                 time.sleep(self._rng.uniform(*self._sink_outage_seconds))
+                # The work that piled up while the sink was away is what must move.
+                waiting = self._waiting_work(_SIGNALS[kind])
 
         restoring = time.monotonic()
         record.down_s = round(restoring - injected, 1)

@@ -83,8 +83,9 @@ class ImportStats:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def progress(self) -> tuple[int, bool]:
+        """Return the accepted count and whether mail is still to be sent."""
         with self.lock:
-            return self.accepted, self.active and self.sent > self.accepted
+            return self.accepted, self.active
 
 
 def default_plan(options: ChaosOptions, rng: random.Random) -> list[str]:
