@@ -113,7 +113,7 @@ def wait_for(observer: EventObserver, done: Callable[[Counts], bool], *,
 
 
 def _observe(bootstrap: str, connection: multiprocessing.connection.Connection) -> None:
-    """Consume in the child process until the parent sends "stop"; send counts or snapshots on request."""
+    """Consume until the parent sends "stop", and send it counts or snapshots on request."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from kafka import KafkaConsumer, TopicPartition

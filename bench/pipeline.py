@@ -54,7 +54,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How much of each phase to run; the defaults take about ten minutes and more on a slow machine."""
+    """How much of each phase to run; the defaults take ten minutes or more."""
 
     inboxes: int = 4
     agents_per_inbox: int = 5
@@ -97,14 +97,13 @@ class BenchRun:
         self.host, port = info["ingest_smtp"].rsplit(":", 1)
         self.port = int(port)
         self.addresses: list[str] = []
-        self.mails = self._generator()
+        self.mails = self.generator()
         self.observer = EventObserver(info["kafka_bootstrap"])
         self.sampler = ResourceSampler(Path(info["state_dir"]), interval_seconds=sample_seconds,
                                        extra_pids={"bench": os.getpid()})
-        self.offered = 0
-        self.new_conversations = 0
 
-    def _generator(self) -> MailGenerator:
+    def generator(self) -> MailGenerator:
+        """Return a new generator of this run's mail stream, from its first mail."""
         return MailGenerator(run_tag=self.run_tag, inboxes=self.config.inboxes,
                              seed=self.config.seed,
                              large_attachment_max_mb=self.config.large_attachment_max_mb)
@@ -113,7 +112,8 @@ class BenchRun:
         with db.connect(self.info["database_url"], autocommit=True) as conn:
             for number in range(self.config.inboxes):
                 name = f"{self.run_tag}-{number}"
-                inbox = inboxes.create_inbox(conn, name=name, email=f"support{number}@shop.example.com",
+                inbox = inboxes.create_inbox(conn, name=name,
+                                             email=f"support{number}@shop.example.com",
                                              inbound_domain=self.info["inbound_domain"],
                                              greeting_enabled=False)
                 for agent in range(self.config.agents_per_inbox):
@@ -131,9 +131,10 @@ class BenchRun:
         new = sum(1 for sent in result.accepted if not sent.reply)
         expected_events = before.conversation + len(result.accepted)
         expected_assigned = before.assigned + new
-        drained = wait_for(self.observer,
-                           lambda c: c.conversation >= expected_events and c.assigned >= expected_assigned,
-                           timeout_seconds=self.config.drain_timeout_seconds)
+        drained = wait_for(
+            self.observer,
+            lambda c: c.conversation >= expected_events and c.assigned >= expected_assigned,
+            timeout_seconds=self.config.drain_timeout_seconds)
         if not drained:
             log.warning("bench: %.0f mails/s: not every event arrived within %.0f s",
                         rate, self.config.drain_timeout_seconds)
@@ -149,7 +150,7 @@ def run_benchmark(info: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
     load_before = load_average()
     run.create_inboxes()
 
-    ceiling = measure_ceiling(run._generator().take(config.ceiling_mails),
+    ceiling = measure_ceiling(run.generator().take(config.ceiling_mails),
                               rounds=config.ceiling_rounds)
     log.info("bench: parsing ceiling %.1f mails/s", ceiling.mails_per_s)
 

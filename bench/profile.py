@@ -45,7 +45,8 @@ def py_spy_path() -> str:
     return found
 
 
-def start(pids: dict[str, int], seconds: float, out_dir: Path) -> dict[str, subprocess.Popen[bytes]]:
+def start(pids: dict[str, int], seconds: float,
+          out_dir: Path) -> dict[str, subprocess.Popen[bytes]]:
     """Start one py-spy per service, each recording for ``seconds``."""
     executable = py_spy_path()
     out_dir.mkdir(parents=True, exist_ok=True)
