@@ -58,6 +58,14 @@ INGEST_HTTP_OFFSET = 81
 API_HTTP_OFFSET = 80
 
 
+# glibc raises its mmap threshold each time a large block is freed (see
+# mallopt(3)), so later multi-megabyte mail buffers come from the heap, which
+# keeps its peak size. A fixed threshold hands such buffers back to the OS
+# when freed: with it, ingest held 123 MB instead of 189 MB after 3,600 mails
+# of the benchmark's mix. The caller's environment can still override it.
+SERVICE_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 class StackNotRunning(RuntimeError):
     """No stack has been started in the state dir; run `messagehub up` first."""
 
@@ -131,7 +139,7 @@ def _service_process(stack: LocalStack, spec: ServiceSpec, secret_key: str = "",
     return ManagedProcess(
         f"service-{spec.name}", [sys.executable, "-m", spec.module], stack.state_dir / "services",
         ready_check=lambda: port_is_open(ready_port), start_timeout_s=90.0,
-        env={**os.environ, **as_environment(settings)}, cwd=REPO_ROOT,
+        env={**SERVICE_MALLOC_ENV, **os.environ, **as_environment(settings)}, cwd=REPO_ROOT,
         listen_ports=(ready_port,))
 
 
