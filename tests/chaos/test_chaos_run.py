@@ -3,7 +3,7 @@
 It kills processes and restarts Kafka and PostgreSQL, so it runs on a stack
 of its own (state dir ``MESSAGEHUB_CHAOS_STATE_DIR``, default
 ``/var/tmp/messagehub/test-chaos``, ports from ``MESSAGEHUB_CHAOS_PORT_BASE``,
-default 46000), never on the session stack the other tests share. The full
+default 29000), never on the session stack the other tests share. The full
 run is ``messagehub chaos --mails 10000 --json``.
 """
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.stack
 
 CHAOS_STATE_DIR = Path(os.environ.get("MESSAGEHUB_CHAOS_STATE_DIR",
                                       "/var/tmp/messagehub/test-chaos"))
-CHAOS_PORT_BASE = int(os.environ.get("MESSAGEHUB_CHAOS_PORT_BASE", "46000"))
+CHAOS_PORT_BASE = int(os.environ.get("MESSAGEHUB_CHAOS_PORT_BASE", "29000"))
 # One fault of each kind that can lose or double something; killing the
 # stateless API is left to the full run.
 CI_PLAN = ["kill:router", "restart:postgresql", "kill:outbound", "restart:kafka",
