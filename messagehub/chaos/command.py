@@ -2,7 +2,7 @@
 
 :func:`add_command` registers the subcommand on the parser of
 :mod:`messagehub.cli`. The run wipes and starts the stack in ``--state-dir``
-(by default ``/var/tmp/messagehub/chaos``, ports from 37000), so it never
+(by default ``/var/tmp/messagehub/chaos``, ports from 31000), so it never
 touches the demo stack, and stops it at the end unless ``--keep-stack``.
 """
 

@@ -41,7 +41,9 @@ from messagehub.importer import ForwardingClient, SourceMail
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/tmp/messagehub/chaos")
-DEFAULT_PORT_BASE = 37000
+# Below Linux's ephemeral range (32768-60999), where an outgoing connection
+# could hold a port a server of the stack needs.
+DEFAULT_PORT_BASE = 31000
 # How long one mail is retried before the import gives up on it; a real
 # MTA keeps trying for days, but a run must end.
 MAIL_RETRY_LIMIT_SECONDS = 900.0
