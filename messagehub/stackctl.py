@@ -27,6 +27,7 @@ from typing import Any
 from messagehub import db, topics
 from messagehub import secrets as secret_store
 from messagehub.localstack.processes import ManagedProcess, port_is_open
+from messagehub.localstack.errors import LocalStackError
 from messagehub.localstack.stack import LocalStack
 from messagehub.settings import Settings, as_environment
 
@@ -221,6 +222,22 @@ def down(state_dir: Path | None = None, port_base: int | None = None) -> None:
     for spec in reversed(SERVICES):
         _service_process(stack, spec).stop()
     stack.stop()
+
+
+def reset(state_dir: Path, port_base: int) -> None:
+    """Stop the stack in ``state_dir``, whatever port base it was started with, and delete it.
+
+    Test fixtures call this before they start a stack of their own, so a
+    state dir left by a run with other ports does not stop the next run.
+    """
+    if not state_dir.exists():
+        return
+    try:
+        recorded = LocalStack.load(state_dir).port_base
+    except LocalStackError:
+        recorded = port_base
+    down(state_dir, recorded)
+    local_stack(state_dir, recorded).wipe()
 
 
 def status(state_dir: Path | None = None, port_base: int | None = None) -> dict[str, Any]:

@@ -56,9 +56,7 @@ def stack() -> Iterator[dict[str, Any]]:
     """
     from messagehub import stackctl
 
-    local = stackctl.local_stack(TEST_STATE_DIR, TEST_PORT_BASE)
-    stackctl.down(TEST_STATE_DIR, TEST_PORT_BASE)
-    local.wipe()
+    stackctl.reset(TEST_STATE_DIR, TEST_PORT_BASE)
 
     stackctl.up(TEST_STATE_DIR, TEST_PORT_BASE)
     try:

@@ -39,8 +39,7 @@ def chaos_stack() -> Iterator[Path]:
     CHAOS_STATE_DIR.parent.mkdir(parents=True, exist_ok=True)
     with open(CHAOS_STATE_DIR.with_name(CHAOS_STATE_DIR.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stackctl.down(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
-        stackctl.local_stack(CHAOS_STATE_DIR, CHAOS_PORT_BASE).wipe()
+        stackctl.reset(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
         stackctl.up(CHAOS_STATE_DIR, CHAOS_PORT_BASE)
         try:
             yield CHAOS_STATE_DIR
