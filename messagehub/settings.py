@@ -97,6 +97,10 @@ class Settings:
         "conversation, at most.")
     auto_mail_max_per_recipient_hour: int = _setting(
         3, "Automatic mails one recipient gets from one inbox per hour, at most.")
+    auto_mail_new_conversation_pause_minutes: int = _setting(
+        10, "Minutes after a greeting or out-of-hours note during which the same recipient "
+        "gets none in another conversation of the inbox; stops autoresponders that answer "
+        "with a fresh subject.")
     public_base_url: str = _setting(
         "", "Base URL at which customers reach the API, for survey links; empty means "
         "http://API_HOST:API_PORT.")
@@ -136,6 +140,7 @@ class Settings:
                      "imap_poll_interval_seconds", "imap_read_timeout_seconds",
                      "smtp_max_attempts", "outbound_max_sends_per_minute",
                      "auto_mail_max_per_conversation", "auto_mail_max_per_recipient_hour",
+                     "auto_mail_new_conversation_pause_minutes",
                      "csat_survey_valid_days", "smtp_greeting_timeout_seconds",
                      "connection_test_timeout_seconds", "stage_lanes"):
             if getattr(self, name) <= 0:

@@ -7,6 +7,8 @@ relay and produces ``mail.sent`` and ``mail.failed``.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from messagehub import secrets, topics
 from messagehub import settings as settings_module
 from messagehub.service import run_stage_service
@@ -39,7 +41,9 @@ def build_stage(settings: Settings) -> OutboundStage:
         or f"http://{settings.api_host}:{settings.api_port}",
         survey_valid_days=settings.csat_survey_valid_days,
         caps=AutomaticMailCaps(max_per_conversation=settings.auto_mail_max_per_conversation,
-                               max_per_hour=settings.auto_mail_max_per_recipient_hour),
+                               max_per_hour=settings.auto_mail_max_per_recipient_hour,
+                               new_conversation_pause=timedelta(
+                                   minutes=settings.auto_mail_new_conversation_pause_minutes)),
         default_max_per_minute=settings.outbound_max_sends_per_minute,
         imap_tls_context=context)
 

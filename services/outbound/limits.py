@@ -3,9 +3,15 @@
 The outbound stage calls :func:`automatic_mail_suppression` before each
 greeting, out-of-hours note and survey. Besides the rules of loops.py it
 caps automatic mail per recipient: at most ``max_per_conversation`` in one
-conversation, and at most ``max_per_hour`` from one inbox in any hour. So an
-autoresponder that slips past every header check gets a few mails, not an
-endless exchange. Both caps count the send ledger.
+conversation, and at most ``max_per_hour`` from one inbox in any hour. It
+also enforces a pause. A recipient who got a greeting or out-of-hours note
+in one conversation gets none in another conversation for
+``new_conversation_pause``. An autoresponder without auto-reply headers,
+which replies to each of our mails with a fresh subject, opens a new
+conversation every time, so it gets one mail from us instead of one per
+reply. A person who writes about two things within the pause gets one
+acknowledgement, and agents still see both conversations. All three rules
+count the send ledger.
 
 :func:`wait_for_send_slot` holds a send until the inbox is below its
 limit of mails per minute, counted by :func:`count_send` in
@@ -18,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 class AutomaticMailCaps:
     max_per_conversation: int
     max_per_hour: int
+    new_conversation_pause: timedelta = timedelta(minutes=10)
 
 
 async def automatic_mail_suppression(conn: AsyncConnection[Any], record: dict[str, Any],
@@ -83,11 +91,16 @@ async def _automated_contact_reason(conn: AsyncConnection[Any], inbox_id: str,
 
 async def _cap_reason(conn: AsyncConnection[Any], record: dict[str, Any], recipient: str,
                       caps: AutomaticMailCaps) -> str | None:
+    conversation_id = record["conversation_id"]
     cursor = await conn.execute(
         "SELECT count(*) FILTER (WHERE conversation_id = %s) AS in_conversation, "
-        "count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS last_hour "
+        "count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS last_hour, "
+        "max(finished_at) FILTER (WHERE conversation_id <> %s AND kind <> 'csat') "
+        "> now() - %s AS paused "
         "FROM send_ledger WHERE inbox_id = %s AND automatic AND status = 'sent' "
-        "AND %s = ANY(recipients)", (record["conversation_id"], record["inbox_id"], recipient))
+        "AND %s = ANY(recipients)",
+        (conversation_id, conversation_id, caps.new_conversation_pause, record["inbox_id"],
+         recipient))
     counts = await cursor.fetchone()
     assert counts is not None
     if counts["in_conversation"] >= caps.max_per_conversation:
@@ -96,6 +109,11 @@ async def _cap_reason(conn: AsyncConnection[Any], record: dict[str, Any], recipi
     if counts["last_hour"] >= caps.max_per_hour:
         return (f"recipient {recipient} already got {counts['last_hour']} automatic mails from "
                 f"this inbox in the last hour (cap {caps.max_per_hour})")
+    if record["kind"] != "csat" and counts["paused"]:
+        minutes = caps.new_conversation_pause.total_seconds() / 60
+        return (f"recipient {recipient} got an automatic mail in another conversation less "
+                f"than {minutes:g} minutes ago; a fresh conversation this soon looks like "
+                "an autoresponder answering us")
     return None
 
 

@@ -205,6 +205,29 @@ def test_automatic_mail__capped_per_hour(stack: dict[str, Any], tmp_path: Path) 
     assert states.count("suppressed") == 2
 
 
+def test_automatic_mail__pause_before_a_second_conversation(stack: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    inbox = h.new_inbox(stack, greeting=False)
+    h.import_mails(stack, inbox, [
+        h.write_mail(tmp_path, "first.eml", customer_mail(
+            "t5.first@mail.example.org", "Opening hours?", sender="Dan <dan@example.org>")),
+        h.write_mail(tmp_path, "second.eml", customer_mail(
+            "t5.second@mail.example.org", "Invoice copy", sender="Dan <dan@example.org>"))])
+    first = h.conversation_of(stack, inbox, "t5.first@mail.example.org")
+    second = h.conversation_of(stack, inbox, "t5.second@mail.example.org")
+
+    greeting = h.wait_for_ledger(stack, h.request_send(stack, inbox, first, "greeting"))
+    paused = h.wait_for_ledger(stack, h.request_send(stack, inbox, second, "greeting"))
+    same_conversation = h.wait_for_ledger(stack, h.request_send(stack, inbox, first,
+                                                                "out_of_hours"))
+
+    assert greeting["status"] == "sent"
+    assert paused["status"] == "suppressed"
+    assert "another conversation less than 10 minutes ago" in paused["smtp_response"]
+    # The pause is about fresh conversations; within one the caps decide.
+    assert same_conversation["status"] == "sent"
+
+
 # --- surveys -----------------------------------------------------------
 
 

@@ -283,11 +283,6 @@ def test_loop__autoresponder_with_threading_headers(stack: dict[str, Any]) -> No
     assert 1 <= len(ours) <= 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "each answer without threading headers and with a new subject opens a new conversation, "
-    "and only the per-recipient cap (3 automatic mails an hour, "
-    "MESSAGEHUB_AUTO_MAIL_MAX_PER_RECIPIENT_HOUR) stops the greetings; services/outbound/limits.py "
-    "needs a loop rule, such as a pause between automatic mails to one recipient"))
 def test_loop__autoresponder_with_fresh_subjects(stack: dict[str, Any]) -> None:
     ours = run_autoresponder(stack, threads_its_answers=False)
 
