@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 from aiohttp import web
-from aiosmtpd.smtp import SMTP
 
 from messagehub import db, health, logs, metrics, secrets
 from messagehub import settings as settings_module
@@ -35,6 +34,7 @@ from services.ingest.intake import MailIntake
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import MailPublisher
 from services.ingest.receiver import ForwardingHandler
+from services.ingest.smtp_data import ForwardingSMTP
 from services.ingest.store import PostgresRawMailStore
 
 log = logging.getLogger("services.ingest")
@@ -110,8 +110,8 @@ async def _start_smtp(settings: Settings, directory: PostgresInboxDirectory,
                                 inbound_domain=settings.inbound_domain)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, data_size_limit=settings.ingest_max_message_bytes,
-                     enable_SMTPUTF8=True, ident="messagehub ingest"),
+        lambda: ForwardingSMTP(handler, data_size_limit=settings.ingest_max_message_bytes,
+                               enable_SMTPUTF8=True, ident="messagehub ingest"),
         host=settings.ingest_smtp_host, port=settings.ingest_smtp_port)
     log.info("forwarding receiver listening on %s:%d", settings.ingest_smtp_host,
              settings.ingest_smtp_port)

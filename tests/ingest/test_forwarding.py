@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiosmtpd.smtp import SMTP
 from psycopg_pool import AsyncConnectionPool
 
 from services.ingest import http
@@ -31,6 +30,7 @@ from services.ingest.intake import MailIntake
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import MailPublisher
 from services.ingest.receiver import ForwardingHandler
+from services.ingest.smtp_data import ForwardingSMTP
 from services.ingest.store import PostgresRawMailStore
 from tests.ingest.harness import IngestRig, incoming_message_ids, mail, query, wait_for
 from tests.pipeline_helpers import conversations, create_inbox
@@ -161,7 +161,7 @@ class LocalIngest:
     @staticmethod
     async def _start_smtp(handler: ForwardingHandler, max_bytes: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        return await loop.create_server(lambda: SMTP(handler, data_size_limit=max_bytes),
+        return await loop.create_server(lambda: ForwardingSMTP(handler, data_size_limit=max_bytes),
                                         "127.0.0.1", 0)
 
     @staticmethod
