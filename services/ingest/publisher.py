@@ -4,7 +4,8 @@ The receiver answers 250 only after the broker has acknowledged the event
 (acks=all, idempotent producer), so :meth:`MailPublisher.publish` resolves
 only then. kafka-python's producer is thread based; its futures are bridged
 onto the event loop with callbacks instead of a blocking executor thread
-per mail.
+per mail, and the sends of concurrent callers share one hop to the thread
+that calls ``send`` (see batching.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from messagehub import codec, topics
+from services.ingest.batching import Batcher
 
 with warnings.catch_warnings():
     # kafka-python 3.0 warns about importlib.resources at import on Python 3.11.
@@ -39,6 +41,8 @@ class MailPublisher:
             max_block_ms=max_block_ms,
             request_timeout_ms=15_000,
         )
+        self._sends: Batcher[list[tuple[bytes, bytes]], list[asyncio.Future[None]]] = \
+            Batcher(self._send_batch)
 
     async def publish(self, record: dict[str, Any]) -> None:
         """Send a MailReceived record keyed by its inbox; return once acknowledged."""
@@ -48,19 +52,26 @@ class MailPublisher:
         """Send several records; return once Kafka acknowledged every one of them."""
         values = [(record["inbox_id"].encode(), codec.encode("MailReceived", record))
                   for record in records]
+        acknowledgements = await self._sends.submit(values)
+        await asyncio.wait_for(asyncio.gather(*acknowledgements), ACK_TIMEOUT_SECONDS)
+
+    async def _send_batch(self, batches: Sequence[list[tuple[bytes, bytes]]]
+                          ) -> list[list[asyncio.Future[None]]]:
+        """Hand every record of ``batches`` to the producer; return their acknowledgements."""
         loop = asyncio.get_running_loop()
-        acknowledgements = [loop.create_future() for _ in values]
+        acknowledgements = [[loop.create_future() for _ in values] for values in batches]
 
         def send_all() -> None:
             # send() may block while the producer's buffer is full, so off the loop.
-            for (key, value), acknowledged in zip(values, acknowledgements):
-                future = self._producer.send(self._topic, key=key, value=value)
-                future.add_callback(_resolver(loop, acknowledged, None))
-                future.add_errback(lambda exc, done=acknowledged: loop.call_soon_threadsafe(
-                    _resolve, done, exc))
+            for values, futures in zip(batches, acknowledgements):
+                for (key, value), acknowledged in zip(values, futures):
+                    future = self._producer.send(self._topic, key=key, value=value)
+                    future.add_callback(_resolver(loop, acknowledged, None))
+                    future.add_errback(lambda exc, done=acknowledged: loop.call_soon_threadsafe(
+                        _resolve, done, exc))
 
         await loop.run_in_executor(None, send_all)
-        await asyncio.wait_for(asyncio.gather(*acknowledgements), ACK_TIMEOUT_SECONDS)
+        return acknowledgements
 
     def close(self) -> None:
         self._producer.close(timeout=10)

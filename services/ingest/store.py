@@ -14,6 +14,8 @@ from typing import Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
+from services.ingest.batching import Batcher
+
 
 def digest(raw: bytes) -> str:
     """Return the store key of ``raw``: its lowercase hex SHA-256."""
@@ -31,16 +33,14 @@ class RawMailStore(Protocol):
 
 
 class PostgresRawMailStore:
+    """Stores mail in ``raw_mails``; concurrent puts share a transaction (batching.py)."""
+
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
+        self._puts: Batcher[bytes, str] = Batcher(self.put_many)
 
     async def put(self, raw: bytes) -> str:
-        sha256 = digest(raw)
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO raw_mails (sha256, size, content) VALUES (%s, %s, %s) "
-                "ON CONFLICT (sha256) DO NOTHING", (sha256, len(raw), raw))
-        return sha256
+        return await self._puts.submit(raw)
 
     async def put_many(self, raws: Sequence[bytes]) -> list[str]:
         digests = [digest(raw) for raw in raws]
