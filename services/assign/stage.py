@@ -40,6 +40,8 @@ Handler = Callable[[AsyncConnection[Any], dict[str, Any]], Awaitable[None]]
 
 class AssignStage:
     name = "assign"
+    # apply() writes only through the connection it is given (worker.py).
+    all_or_nothing = True
 
     def __init__(self, sensor: AssignMetrics | None = None) -> None:
         self._sensor = sensor or AssignMetrics()

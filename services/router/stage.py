@@ -28,6 +28,7 @@ SHA-256.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -84,8 +85,22 @@ class Placement:
     supersedes: rows.Row | None = None  # the resolved conversation a successor replaces
 
 
+# A mail this large is parsed on a worker thread: a 50 MB mail takes seconds,
+# and the event loop must keep answering the broker's heartbeats meanwhile.
+# The thread still holds the GIL most of the time, so it is no faster.
+PARSE_ON_THREAD_BYTES = 1024 * 1024
+
+
+async def _parse(raw: bytes) -> ParsedMail:
+    if len(raw) >= PARSE_ON_THREAD_BYTES:
+        return await asyncio.to_thread(parse_mail, raw)
+    return parse_mail(raw)
+
+
 class RouterStage:
     name = "router"
+    # apply() writes only through the connection it is given (worker.py).
+    all_or_nothing = True
 
     def __init__(self, *, secret_key: str, inbound_domain: str, message_id_domain: str) -> None:
         self._secret_key = secret_key
@@ -111,7 +126,7 @@ class RouterStage:
             raise UnknownInbox(f"inbox {record['inbox_id']} does not exist")
         if raw is None:
             raise _raw_mail_missing(record["raw_sha256"])
-        mail = parse_mail(raw)
+        mail = await _parse(raw)
         dedup_key = dedup_key_of(mail, record["raw_sha256"])
 
         parties = self._parties(inbox, mail)
