@@ -111,3 +111,17 @@ CREATE TABLE IF NOT EXISTS imap_sync_health (
     updated_at            timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (inbox_id, folder)
 );
+
+-- Mail and attachment bytes are compressed with lz4 instead of the default
+-- pglz. On the benchmark's mail mix (97 KB mean, mostly base64 attachments)
+-- pglz took 2.05 ms of server CPU per mail to save 0.5% of the space, lz4
+-- 0.49 ms to save 3%. It applies to rows written from now on. A server
+-- built without lz4 stores the bytes uncompressed instead.
+DO $$
+BEGIN
+    ALTER TABLE raw_mails ALTER COLUMN content SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'PostgreSQL has no lz4 support; raw mail is stored uncompressed';
+    ALTER TABLE raw_mails ALTER COLUMN content SET STORAGE EXTERNAL;
+END
+$$;
