@@ -1,7 +1,7 @@
 """``messagehub bench``: start a stack of its own, run the benchmark, write the results.
 
 By default the command wipes and starts a stack in ``/var/tmp/messagehub/bench``
-with ports from 48000 (``MESSAGEHUB_BENCH_STATE_DIR``,
+with ports from 25000 (``MESSAGEHUB_BENCH_STATE_DIR``,
 ``MESSAGEHUB_BENCH_PORT_BASE``). So every run starts from empty tables and
 never touches the demo's or the tests' stacks. It stops the stack at the
 end unless ``--keep-stack``. With ``--running`` it uses the stack that
@@ -25,7 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = "/var/tmp/messagehub/bench"
-DEFAULT_PORT_BASE = 48000
+DEFAULT_PORT_BASE = 25000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
