@@ -92,8 +92,7 @@ def _start_stack(state_dir: Path, port_base: int) -> dict[str, Any]:
     from messagehub import stackctl
 
     log.info("bench: starting a fresh stack in %s on ports from %d", state_dir, port_base)
-    stackctl.down(state_dir, port_base)
-    stackctl.local_stack(state_dir, port_base).wipe()
+    stackctl.reset(state_dir, port_base)
     stackctl.up(state_dir, port_base)
     return stackctl.stack_info(state_dir)
 
