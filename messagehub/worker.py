@@ -218,7 +218,7 @@ class BatchProcessor:
 
     async def _apply_batch(self, batch: Sequence[Coordinates]) -> None:
         async with self._pool.connection() as conn:
-            if getattr(self._stage, "all_or_nothing", False) and len(batch) > 1:
+            if getattr(self._stage, "all_or_nothing", False):
                 if await self._apply_whole(conn, batch):
                     return
             async with conn.transaction():
