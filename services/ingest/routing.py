@@ -14,6 +14,8 @@ import email.policy
 import re
 from email.parser import BytesHeaderParser
 
+from services.ingest.summary import header_block
+
 # Most specific first: these name the address the mail was delivered to,
 # while To and Cc name the addresses the customer wrote.
 ROUTING_HEADERS = ("Delivered-To", "X-Forwarded-To", "X-Original-To", "To", "Cc")
@@ -44,7 +46,7 @@ def domain_of(address: str) -> str:
 
 def header_addresses(raw: bytes) -> list[str]:
     """Return the normalized addresses of the routing headers, most specific first."""
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block(raw))
     values: dict[str, list[str]] = {}
     for name, value in headers.raw_items():
         values.setdefault(name.lower(), []).append(value)

@@ -197,6 +197,34 @@ def test_receiver__bare_lf_dot_smuggles_nothing(stack: dict[str, Any],
     assert not _message_exists(stack, inbox["id"], "smuggled@abuse.example")
 
 
+def test_receiver__long_lines_accepted(stack: dict[str, Any], inbox: dict[str, Any]) -> None:
+    # RFC 5321 limits a line to 1,000 octets, but real senders exceed it;
+    # refusing their mail would only bounce it back to the customer.
+    long_line = b"word " * 4000
+    body = (b"From: <sloppy@abuse.example>\r\nSubject: long lines\r\n"
+            b"Message-ID: <long.lines@abuse.example>\r\n\r\n" + long_line + b"\r\n"
+            b"..a dot-stuffed line\r\n.\r\n")
+    conversation = SmtpConversation(stack["ingest_smtp"])
+    conversation.command(b"EHLO abuse.example")
+    conversation.command(b"MAIL FROM:<sloppy@abuse.example>")
+    conversation.command(b"RCPT TO:<" + inbox["forwarding_address"].encode() + b">")
+    conversation.command(b"DATA")
+    conversation.send(body)
+    code, text = conversation.reply()
+    conversation.close()
+
+    assert code == 250, text
+    assert _wait_for_message(stack, inbox["id"], "long.lines@abuse.example")
+    with db.connect(stack["database_url"]) as conn:
+        row = conn.execute("SELECT text_body FROM messages WHERE inbox_id = %s "
+                           "AND rfc_message_id = %s",
+                           (inbox["id"], "long.lines@abuse.example")).fetchone()
+    assert row is not None
+    lines = row["text_body"].split("\n")
+    assert lines[0].rstrip() == long_line.decode().rstrip()
+    assert lines[1].rstrip() == ".a dot-stuffed line"
+
+
 # --- HTTP: the upload and the API -----------------------------------------------------
 
 

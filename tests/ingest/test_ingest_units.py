@@ -15,7 +15,7 @@ from services.ingest.imap.folder_sync import SyncOptions
 from services.ingest.imap.history import format_progress
 from services.ingest.intake import ImapOrigin, mail_received
 from services.ingest.routing import header_addresses, normalize_address
-from services.ingest.summary import summarize
+from services.ingest.summary import header_block, summarize
 
 
 # --- routing ----------------------------------------------------------------
@@ -264,3 +264,24 @@ def test_format_progress__hours_and_start() -> None:
     assert format_progress("INBOX", 10, 40010, 10.0).endswith("ETA 11:06:40")
     assert format_progress("INBOX", 0, 10, 0.0).endswith("ETA --:--")
     assert format_progress("INBOX", 0, 0, 1.0) == "INBOX: 0/0 mails (100%), 0 mails/s, ETA --:--"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"Subject: a\r\nFrom: b@example.org\r\n\r\nSubject: in the body\r\n",
+     b"Subject: a\r\nFrom: b@example.org\r\n"),
+    (b"Subject: a\n\nbody\n\n", b"Subject: a\n"),
+    (b"Subject: a\r\n\r\nbare\n\nline feeds\r\n", b"Subject: a\r\n"),
+    (b"Subject: only headers\r\n", b"Subject: only headers\r\n"),
+])
+def test_header_block__stops_at_the_first_empty_line(raw: bytes, expected: bytes) -> None:
+    assert header_block(raw) == expected
+
+
+def test_summary__ignores_headers_quoted_in_the_body() -> None:
+    raw = (b"From: Ann <ann@example.org>\r\n\r\n"
+           b"Subject: forwarded text\r\nMessage-ID: <quoted@example.org>\r\n")
+
+    summary = summarize(raw)
+
+    assert (summary.subject, summary.message_id) == (None, None)
+    assert summary.from_address == "ann@example.org"
