@@ -89,11 +89,14 @@ def read_bounce(
         # from a null sender, but nothing failed.
         return None
 
-    failed_header = _x_failed_recipients(root, defects)
-    returned = _returned_header_block(root, text, defects)
-
     is_report = bool(status_parts)
     from_daemon = is_daemon_sender(sender)
+    if not (is_report or from_daemon or return_path == ""):
+        # The common case, decided before the text is searched for a returned message.
+        return None
+
+    failed_header = _x_failed_recipients(root, defects)
+    returned = _returned_header_block(root, text, defects)
     null_sender_failure = return_path == "" and (bool(failed_header) or returned is not None)
     if not (is_report or from_daemon or null_sender_failure):
         return None
