@@ -227,7 +227,7 @@ def _print_conversation_table(conversations: list[dict[str, Any]]) -> None:
         subject = subject if len(subject) <= 46 else subject[:45] + "…"
         greeting = "sent" if conversation["greetings_sent"] else "-"
         sys.stdout.write(f"{subject:<48} {conversation['messages']:>4}  "
-                         f"{conversation['assignee'] or '(queued)':<14} {greeting:<8} "
+                         f"{inboxes.assignee_label(conversation):<14} {greeting:<8} "
                          f"{conversation['status']}\n")
 
 

@@ -98,7 +98,7 @@ def run(mail_path: Path | None = None) -> int:
     progress = wait_until_handled(info["database_url"], inbox["id"], len(result.distinct_keys))
     elapsed = time.monotonic() - import_started
     _say(f"Pipeline handled them within {elapsed:.1f}s: "
-         f"{progress['incoming']} messages, {progress['notices']} notices, "
+         f"{progress['incoming']} messages, {_count(progress['notices'], 'notice')}, "
          f"{progress['sent']} mails sent to the SMTP sink\n")
 
     with db.connect(info["database_url"]) as conn:
@@ -129,10 +129,14 @@ def _fit(text: str, width: int) -> str:
     return text + " " * (width - _display_width(text))
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _print_table(conversations: list[dict[str, Any]]) -> None:
-    _say(f"{_fit('subject', 50)} {'msgs':>4}  {'assignee':<10} greeting")
+    _say(f"{_fit('subject', 50)} {'msgs':>4}  {'assignee':<12} greeting")
     for conversation in conversations:
         subject = _fit(conversation["subject"] or "(no subject)", 50)
         greeting = "sent" if conversation["greetings_sent"] else "-"
         _say(f"{subject} {conversation['messages']:>4}  "
-             f"{conversation['assignee'] or '(queued)':<10} {greeting}")
+             f"{inboxes.assignee_label(conversation):<12} {greeting}")

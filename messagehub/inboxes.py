@@ -115,7 +115,8 @@ def list_conversations(conn: psycopg.Connection[Any], inbox: str) -> list[dict[s
         "coalesce(array_agg(m.rfc_message_id ORDER BY m.received_at, m.id) "
         "FILTER (WHERE m.id IS NOT NULL), '{}') AS message_ids, "
         "count(m.id) AS messages, "
-        "count(m.id) FILTER (WHERE m.kind = 'greeting') AS greetings_sent "
+        "count(m.id) FILTER (WHERE m.kind = 'greeting') AS greetings_sent, "
+        "EXISTS (SELECT 1 FROM assignment_queue q WHERE q.conversation_id = c.id) AS queued "
         "FROM conversations c LEFT JOIN agents a ON a.id = c.assignee_id "
         "LEFT JOIN contacts ct ON ct.id = c.contact_id "
         "LEFT JOIN messages m ON m.conversation_id = c.id "
@@ -126,6 +127,7 @@ def list_conversations(conn: psycopg.Connection[Any], inbox: str) -> list[dict[s
         "status": row["status"],
         "assignee": row["assignee"],
         "assignee_id": str(row["assignee_id"]) if row["assignee_id"] else None,
+        "queued": row["queued"],
         "subject": row["subject"],
         "contact": row["contact"],
         "messages": row["messages"],
@@ -133,6 +135,18 @@ def list_conversations(conn: psycopg.Connection[Any], inbox: str) -> list[dict[s
         "message_ids": list(row["message_ids"]),
         "created_at": row["created_at"].isoformat(),
     } for row in cursor.fetchall()]
+
+
+def assignee_label(conversation: dict[str, Any]) -> str:
+    """Return who a listed conversation is with: an agent, "(queued)" or "(unassigned)".
+
+    Unassigned is not always queued: list mail and autoresponses are kept
+    without assignment, and a conversation waits in the queue only while
+    every agent is at the limit or away.
+    """
+    if conversation["assignee"]:
+        return str(conversation["assignee"])
+    return "(queued)" if conversation["queued"] else "(unassigned)"
 
 
 def show_conversation(conn: psycopg.Connection[Any], conversation_id: str) -> dict[str, Any]:
