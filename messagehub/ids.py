@@ -35,3 +35,12 @@ def reply_token(secret: str, conversation_id: str) -> str:
     """
     digest = hmac.new(secret.encode(), conversation_id.encode(), hashlib.sha256).digest()
     return base64.b32encode(digest[:15]).decode().lower()
+
+
+def attachment_path(message_id: str, sha256: str) -> str:
+    """Return the API path that serves one attachment of a message.
+
+    The router writes it into HTML bodies for inline images, and the API's
+    message JSON gives it for every attachment.
+    """
+    return f"/v1/messages/{message_id}/attachments/{sha256}"

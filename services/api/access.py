@@ -56,6 +56,18 @@ async def conversation_for(conn: AsyncConnection[Any], request: web.Request) -> 
     return row
 
 
+async def message_for(conn: AsyncConnection[Any], request: web.Request) -> dict[str, Any]:
+    """Return the URL's message (id, inbox, attachments); 404 when out of reach."""
+    reference = request.match_info["message"]
+    cursor = await conn.execute(
+        "SELECT id, inbox_id, attachments FROM messages WHERE id::text = lower(%s)",
+        (reference,))
+    row: dict[str, Any] | None = await cursor.fetchone()
+    if row is None or not await _may_see_inbox(conn, request, str(row["inbox_id"])):
+        raise not_found("message", reference)
+    return row
+
+
 async def find_agent(conn: AsyncConnection[Any], reference: str) -> dict[str, Any] | None:
     """Return the agent with this id or email, or None."""
     cursor = await conn.execute(

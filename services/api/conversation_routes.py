@@ -197,7 +197,14 @@ def _message_json(row: dict[str, Any]) -> dict[str, Any]:
         "from": {"name": row["from_name"], "email": row["from_email"]},
         "to": row["to_addresses"], "cc": row["cc_addresses"], "subject": row["subject"],
         "text": row["text_body"], "html": row["html_body"],
-        "attachments": [{"name": a.get("filename"), "size": a.get("size"),
-                         "content_type": a.get("content_type")} for a in row["attachments"]],
+        "attachments": [_attachment_json(row["id"], a) for a in row["attachments"]],
         "received_at": row["received_at"], "sent_at": row["sent_at"],
     }
+
+
+def _attachment_json(message_id: Any, attachment: dict[str, Any]) -> dict[str, Any]:
+    digest = attachment.get("sha256")
+    return {"name": attachment.get("filename"), "size": attachment.get("size"),
+            "content_type": attachment.get("content_type"), "sha256": digest,
+            "inline": bool(attachment.get("inline")),
+            "url": ids.attachment_path(str(message_id), digest) if digest else None}

@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Any
 
-from services.api import routes, schemas
+from services.api import attachment_routes, routes, schemas
 
 VERSION = "1.0.0"
 _ERRORS = {"400": "The body is not JSON, or not a JSON object.",
@@ -96,12 +96,17 @@ def _parameters(route: routes.Route) -> list[dict[str, Any]]:
 
 _PATH_PARAMETERS = {"inbox": "Inbox name or id.", "agent": "Agent id or email.",
                     "conversation": "Conversation id.", "token_id": "Token id.",
-                    "dead_letter_id": "Dead letter id (its event_id)."}
+                    "dead_letter_id": "Dead letter id (its event_id).",
+                    "message": "Message id.",
+                    "sha256": "The attachment's SHA-256, as in the message's attachments."}
 
 
 def _responses(route: routes.Route) -> dict[str, Any]:
     success: dict[str, Any] = {"description": "Success."}
-    if route.status != 204:
+    if route.handler is attachment_routes.get_attachment:
+        success["content"] = {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}
+    elif route.status != 204:
         schema = "ConnectionTestResult" if route.path.endswith("/test") else "Object"
         success["content"] = {"application/json": {"schema": _ref(schema)}}
     responses = {str(route.status): success}

@@ -16,6 +16,7 @@ from aiohttp import web
 from services.api import (
     admin_routes,
     agent_routes,
+    attachment_routes,
     connection_tests,
     conversation_routes,
     inbox_routes,
@@ -119,6 +120,9 @@ ROUTES: tuple[Route, ...] = (
           "Assign a conversation to an agent", "conversations", request="Assign"),
     Route("POST", "/v1/conversations/{conversation}/unassign", conversation_routes.unassign,
           ALL, "Take a conversation from its agent", "conversations", request="Unassign"),
+    Route("GET", "/v1/messages/{message}/attachments/{sha256}", attachment_routes.get_attachment,
+          ALL, "Download an attachment of a message; raster images inline, anything else as "
+          "a file", "conversations"),
     Route("GET", "/v1/tokens", admin_routes.list_tokens, ADMIN, "List API tokens", "admin"),
     Route("POST", "/v1/tokens", admin_routes.create_token, ADMIN,
           "Create an API token; the answer is the only time it is shown", "admin",

@@ -20,7 +20,7 @@ participants, and queues the conversation events.
 For a sent mail it records the outgoing message, so that replies to it
 thread.
 
-Inline images are served by the API under :func:`attachment_url`; their
+Inline images are served by the API under :func:`messagehub.ids.attachment_path`; their
 ``cid:`` references in the stored HTML are rewritten to that URL, and the
 decoded bytes of every attachment are kept in the raw store under their
 SHA-256.
@@ -69,11 +69,6 @@ class UnknownConversation(StageError):
 def dedup_key_of(mail: ParsedMail, raw_sha256: str) -> str:
     """Return the per-inbox deduplication key: the Message-ID, else the raw digest."""
     return mail.message_id or f"sha256:{raw_sha256}"
-
-
-def attachment_url(message_id: str, sha256: str) -> str:
-    """Return the API path that serves one attachment of a message."""
-    return f"/v1/messages/{message_id}/attachments/{sha256}"
 
 
 @dataclass
@@ -487,7 +482,7 @@ def _attachment_json(attachment: Attachment) -> dict[str, Any]:
 
 
 def _html_with_attachment_urls(mail: ParsedMail, message_id: str) -> str | None:
-    inline = {a.content_id: attachment_url(message_id, a.sha256)
+    inline = {a.content_id: ids.attachment_path(message_id, a.sha256)
               for a in mail.attachments if a.inline and a.content_id}
     if mail.html is None or not inline:
         return mail.html

@@ -37,7 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_PATH_VALUES = {"inbox": "no-such-inbox", "agent": "nobody@example.com",
                       "conversation": "00000000-0000-0000-0000-000000000000",
                       "token_id": "00000000-0000-0000-0000-000000000000",
-                      "dead_letter_id": "none"}
+                      "dead_letter_id": "none",
+                      "message": "00000000-0000-0000-0000-000000000000", "sha256": "0" * 64}
 
 
 def concrete(path: str) -> str:
