@@ -25,8 +25,10 @@ class Batcher(Generic[Item, Result]):
     """Runs ``flush`` over the items submitted while the previous batch was in flight.
 
     ``flush`` returns one result per item, in order. When it raises, every
-    item of the batch is retried alone, so one bad item fails only its own
-    caller.
+    item of the batch is retried alone, all at once, so one bad item fails
+    only its own caller. Callers that have gone (a dropped connection) are
+    left out, and if the batcher is cancelled every waiting caller gets an
+    error instead of waiting forever.
     """
 
     def __init__(self, flush: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]], *,
@@ -52,8 +54,15 @@ class Batcher(Generic[Item, Result]):
                 await self._run(batch)
         finally:
             self._worker = None
+            # Only when the drain itself was cancelled or failed: no caller waits forever.
+            waiting, self._pending = self._pending, []
+            for _item, done in waiting:
+                _settle(done, error=RuntimeError("the batch was stopped before it ran"))
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        batch = [(item, done) for item, done in batch if not done.done()]  # callers gone
+        if not batch:
+            return
         try:
             results = await self._flush([item for item, _done in batch])
         except Exception as exc:  # noqa: BLE001 - handed to the callers below
@@ -61,9 +70,13 @@ class Batcher(Generic[Item, Result]):
                 _settle(batch[0][1], error=exc)
                 return
             log.info("a batch of %d failed, retrying each item alone: %r", len(batch), exc)
-            for entry in batch:
-                await self._run([entry])
+            # Concurrently, so an outage fails every caller within one timeout.
+            await asyncio.gather(*(self._run([entry]) for entry in batch))
             return
+        except BaseException as exc:
+            for _item, done in batch:
+                _settle(done, error=RuntimeError(f"the batch was stopped: {exc!r}"))
+            raise
 
         for (_item, done), result in zip(batch, results, strict=True):
             _settle(done, result=result)

@@ -22,6 +22,7 @@ with warnings.catch_warnings():
     # kafka-python 3.0 warns about importlib.resources at import on Python 3.11.
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
 
 ACK_TIMEOUT_SECONDS = 30.0
 
@@ -63,9 +64,23 @@ class MailPublisher:
 
         def send_all() -> None:
             # send() may block while the producer's buffer is full, so off the loop.
+            # It raises for one record (too large, say), which fails only that
+            # record, or times out when Kafka is away, which fails the rest too.
+            unavailable: KafkaTimeoutError | None = None
             for values, futures in zip(batches, acknowledgements):
                 for (key, value), acknowledged in zip(values, futures):
-                    future = self._producer.send(self._topic, key=key, value=value)
+                    if unavailable is not None:
+                        loop.call_soon_threadsafe(_resolve, acknowledged, unavailable)
+                        continue
+                    try:
+                        future = self._producer.send(self._topic, key=key, value=value)
+                    except KafkaTimeoutError as exc:
+                        unavailable = exc
+                        loop.call_soon_threadsafe(_resolve, acknowledged, exc)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - this record's caller gets it
+                        loop.call_soon_threadsafe(_resolve, acknowledged, exc)
+                        continue
                     future.add_callback(_resolver(loop, acknowledged, None))
                     future.add_errback(lambda exc, done=acknowledged: loop.call_soon_threadsafe(
                         _resolve, done, exc))

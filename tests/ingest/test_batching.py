@@ -71,3 +71,33 @@ def test_batcher__a_cancelled_caller_leaves_the_others() -> None:
         return [await first, await kept]
 
     assert asyncio.run(run()) == [2, 6]
+
+
+def test_batcher__retries_skip_callers_that_left() -> None:
+    async def run() -> list[list[int]]:
+        recorder = Recorder()
+        batcher: Batcher[int, int] = Batcher(recorder.flush)
+        calls = [asyncio.create_task(batcher.submit(number)) for number in (1, -2, 3)]
+        await asyncio.sleep(0.01)
+        calls[2].cancel()
+        recorder.release.set()
+        await asyncio.gather(*calls, return_exceptions=True)
+        return recorder.batches
+
+    # The failed batch is retried item by item, without the caller that left.
+    assert asyncio.run(run()) == [[1, -2, 3], [1], [-2]]
+
+
+def test_batcher__stopped_batch_fails_its_callers() -> None:
+    async def run() -> list[object]:
+        recorder = Recorder()
+        batcher: Batcher[int, int] = Batcher(recorder.flush)
+        calls = [asyncio.create_task(batcher.submit(number)) for number in (1, 2)]
+        await asyncio.sleep(0.01)
+        assert batcher._worker is not None
+        batcher._worker.cancel()
+        return list(await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5))
+
+    results = asyncio.run(run())
+
+    assert [type(result) for result in results] == [RuntimeError, RuntimeError]

@@ -105,3 +105,35 @@ def test_read_data__any_mail_any_split(lines: list[tuple[bytes, bytes]], split: 
     content, too_large, left = read(split_every(dot_stuff(mail) + PIPELINED, split))
 
     assert (content, too_large, left) == (mail, False, PIPELINED)
+
+
+@pytest.mark.parametrize("mail", [
+    b"\r\n" * 200_000 + b"after empty lines\r\n",
+    b"Subject: runs\r\n\r\n" + b"\r" * 300_000 + b"\r\n" + b"\r\n" * 100_000,
+    b"\r" * 300_000 + b"\r\n",
+    b".\r\n" * 50_000,
+])
+def test_read_data__runs_of_line_ends(mail: bytes) -> None:
+    content, too_large, left = read([dot_stuff(mail) + PIPELINED])
+
+    assert (content, too_large, left) == (mail, False, PIPELINED)
+
+
+def test_read_data__a_run_of_empty_lines_lets_others_run() -> None:
+    async def run() -> int:
+        reader = asyncio.StreamReader(limit=BLOCK_BYTES)
+        reader.feed_data(b"\r\n" * 100_000 + b".\r\n")
+        ticks = 0
+
+        async def count() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        counter = asyncio.create_task(count())
+        await read_data(reader, None)
+        counter.cancel()
+        return ticks
+
+    assert asyncio.run(run()) > 10
