@@ -218,9 +218,9 @@ class BatchProcessor:
 
     async def _apply_batch(self, batch: Sequence[Coordinates]) -> None:
         async with self._pool.connection() as conn:
-            if getattr(self._stage, "all_or_nothing", False):
-                if await self._apply_whole(conn, batch):
-                    return
+            whole = getattr(self._stage, "all_or_nothing", False)
+            if whole and await self._apply_whole(conn, batch):
+                return
             async with conn.transaction():
                 for coordinates in batch:
                     await self._apply_one(conn, coordinates)

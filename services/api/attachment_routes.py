@@ -6,7 +6,7 @@ under their SHA-256 and rewrites ``cid:`` images of an HTML body to
 to any token that may read the message's conversation.
 
 Mail content is untrusted. Only raster image types the HTML may show are
-served inline, under their own type; everything else (SVG, HTML, PDF...)
+served inline, under their own type. Everything else (SVG, HTML, PDF...)
 goes out as ``application/octet-stream`` with ``Content-Disposition:
 attachment``, so a browser saves it instead of rendering it on the API's
 origin. Every answer carries ``nosniff`` and a sandboxing CSP.

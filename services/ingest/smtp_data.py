@@ -10,9 +10,9 @@ dot-stuffing (RFC 5321, 4.5.2) with one ``bytes.replace`` over the whole
 mail.
 
 What differs from aiosmtpd's own DATA: lines longer than 1,000 octets are
-accepted (the router copes with them, and rejecting real mail from sloppy
-senders helps nobody), and the content is always bytes (``decode_data``
-is not supported). Mail over ``data_size_limit`` is still read to its end
+accepted, because the router parses them and a rejection would only bounce
+a customer's mail. The content is always bytes (``decode_data`` is not
+supported). Mail over ``data_size_limit`` is still read to its end
 and answered 552.
 
 NOTE: a mail that starts with a long run of empty lines is read a line per

@@ -81,7 +81,7 @@ class Placement:
 
 
 # A mail this large is parsed on a worker thread: a 50 MB mail takes seconds,
-# and the event loop must keep answering the broker's heartbeats meanwhile.
+# and the event loop must keep sending the broker's heartbeats meanwhile.
 # The thread still holds the GIL most of the time, so it is no faster.
 PARSE_ON_THREAD_BYTES = 1024 * 1024
 

@@ -51,7 +51,8 @@ def test_batcher__a_bad_item_fails_only_its_caller() -> None:
 
     results, batches = asyncio.run(run())
 
-    assert results[:2] == [2, 4] and results[3] == 8
+    assert results[:2] == [2, 4]
+    assert results[3] == 8
     assert isinstance(results[2], ValueError)
     assert batches == [[1, 2, -3, 4], [1], [2], [-3], [4]]
 
@@ -62,13 +63,13 @@ def test_batcher__a_cancelled_caller_leaves_the_others() -> None:
         batcher: Batcher[int, int] = Batcher(recorder.flush)
         first = asyncio.create_task(batcher.submit(1))
         cancelled = asyncio.create_task(batcher.submit(2))
-        kept = asyncio.create_task(batcher.submit(3))
+        remaining = asyncio.create_task(batcher.submit(3))
         await asyncio.sleep(0.01)
         cancelled.cancel()
         recorder.release.set()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        return [await first, await kept]
+        return [await first, await remaining]
 
     assert asyncio.run(run()) == [2, 6]
 

@@ -1,8 +1,8 @@
 """The receiver's block-wise DATA reader, fed through a real asyncio StreamReader.
 
-The reference is RFC 5321, 4.5.2: a sender doubles a line's leading dot and
-ends the data with a line of one dot; the receiver takes one leading dot off
-every line. Whatever way the bytes are split into TCP reads, the mail must
+The reference is RFC 5321, 4.5.2. A sender doubles a line's leading dot and
+ends the data with a line of one dot, and the receiver takes one leading dot
+off every line. Whatever way the bytes are split into TCP reads, the mail must
 come out the same and the bytes after the end of data must stay unread.
 """
 
@@ -64,7 +64,7 @@ def test_read_data__examples(mail: bytes, stuffed: bytes) -> None:
         assert (content, too_large, left) == (expected, False, PIPELINED)
 
 
-def test_read_data__single_dot_lines_end_only_at_line_start() -> None:
+def test_read_data__dot_inside_line() -> None:
     stuffed = b"price: 3.\r\n.5 off\r\n.\r\n"
 
     content, _too_large, left = read([stuffed + PIPELINED])
@@ -81,7 +81,7 @@ def test_read_data__long_lines_and_blocks() -> None:
     assert (content, too_large, left) == (mail, False, PIPELINED)
 
 
-def test_read_data__over_the_limit_read_to_the_end_and_flagged() -> None:
+def test_read_data__over_limit_flagged() -> None:
     mail = b"x" * 98 + b"\r\n"
 
     assert read([dot_stuff(mail * 10) + PIPELINED], size_limit=1000)[:2] == (mail * 10, False)
@@ -119,7 +119,7 @@ def test_read_data__runs_of_line_ends(mail: bytes) -> None:
     assert (content, too_large, left) == (mail, False, PIPELINED)
 
 
-def test_read_data__a_run_of_empty_lines_lets_others_run() -> None:
+def test_read_data__yields_on_empty_lines() -> None:
     async def run() -> int:
         reader = asyncio.StreamReader(limit=BLOCK_BYTES)
         reader.feed_data(b"\r\n" * 100_000 + b".\r\n")

@@ -113,7 +113,7 @@ def test_whole_batch__applied_once_with_duplicates_skipped(stack: dict[str, Any]
     assert sorted(sensor.results) == ["applied", "applied", "duplicate", "duplicate"]
 
 
-def test_whole_batch__a_failing_record_is_dead_lettered_alone(stack: dict[str, Any]) -> None:
+def test_whole_batch__failing_record_dead_lettered(stack: dict[str, Any]) -> None:
     stage, sensor = RowStage(f"worker_rows_{uuid.uuid4().hex[:8]}"), Sensor()
     batch = [coordinates(10, "e1", "ok"), coordinates(11, "bad1", "bad"),
              coordinates(12, "e2", "ok"), coordinates(13, "e1", "ok")]
